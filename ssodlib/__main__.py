@@ -1,0 +1,5 @@
+import sys
+
+from ssodlib.cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""The ``ssod`` command line: ``ssod data ...``, ``ssod evaluate``, ``ssod demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ssodlib.io import InputError, read_json, write_json
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from ssodlib.data.synth import default_data_root, generate, synth_config
+
+    overrides = {k: v for k, v in (("num_train", args.num_train), ("num_val", args.num_val)) if v is not None}
+    root = args.out or default_data_root() / f"synth-{args.scale}"
+    paths = generate(synth_config(args.scale, **overrides), root=root, seed=args.seed, workers=args.workers,
+                     progress=not args.quiet, force=args.force)
+    print(f"embedded benchmark ({args.scale}, seed {args.seed}) at {paths.root}")
+
+
+def _cmd_split(args: argparse.Namespace) -> None:
+    from ssodlib.data.splits import write_coco_splits
+
+    written = write_coco_splits(args.ann_file, out_dir=args.out_dir, folds=args.folds, percents=args.percents)
+    print(f"wrote {len(written)} files to {args.out_dir}")
+
+
+def _cmd_voc(args: argparse.Namespace) -> None:
+    from ssodlib.data.voc import voc_to_coco
+
+    for spec in args.sets:
+        year, _, image_set = spec.partition(":")
+        if not year or not image_set:
+            raise InputError(f"--sets entry {spec!r} is not YEAR:IMAGE_SET. Fix: e.g. 2007:trainval.")
+        data = voc_to_coco(Path(args.devkit), year=year, image_set=image_set)
+        out = write_json(Path(args.out_dir) / f"voc{year[2:]}_{image_set}.json", data)
+        print(f"{out}: {len(data['images'])} images, {len(data['annotations'])} boxes")
+
+
+def _cmd_coco20(args: argparse.Namespace) -> None:
+    from ssodlib.data.voc import coco_to_voc_classes
+
+    data = coco_to_voc_classes(read_json(args.ann_file, what="COCO annotation file"), source=str(args.ann_file))
+    write_json(args.out, data)
+    print(f"{args.out}: {len(data['images'])} images of the 20 VOC classes")
+
+
+def _cmd_image_list(args: argparse.Namespace) -> None:
+    from ssodlib.data.voc import from_image_info, image_list_to_coco
+
+    if args.images:
+        data = image_list_to_coco(Path(args.images), relative_to=Path(args.relative_to) if args.relative_to else None)
+    else:
+        data = from_image_info(Path(args.image_info))
+    write_json(args.out, data)
+    print(f"{args.out}: {len(data['images'])} unlabeled images")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from ssodlib.report.dataset import load_stats, plot_dataset, plot_samples
+
+    _, stats = load_stats(args.ann_file)
+    plot_dataset(stats, args.out)
+    write_json(Path(args.out) / "stats.json", stats.to_dict(), indent=2)
+    if args.image_dir:
+        plot_samples(load_stats(args.ann_file)[0], args.image_dir, Path(args.out) / "samples.png")
+    print(f"report of {args.ann_file} in {args.out}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from ssodlib.evaluation import evaluate_coco
+
+    detections = read_json(args.detections, what="detections file")
+    metrics = evaluate_coco(args.gt, detections).to_dict()
+    if args.out:
+        write_json(args.out, metrics, indent=2)
+    print("  ".join(f"{k}={metrics[k]:.4f}" for k in ("ap", "ap50", "ap75") if metrics[k] is not None))
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from ssodlib.experiments.demo import run_demo
+
+    run_demo(scale=args.scale, out=Path(args.out), data_root=args.data_root, progress=not args.quiet)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssod", description=__doc__)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="make and convert data sets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="generate the embedded benchmark")
+    p.add_argument("--scale", choices=("smoke", "mini"), default="mini")
+    p.add_argument("--out", type=Path, help="folder (default: $SSOD_DATA_ROOT or ./data, then synth-SCALE)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 8)")
+    p.add_argument("--num-train", type=int, default=None)
+    p.add_argument("--num-val", type=int, default=None)
+    p.add_argument("--force", action="store_true", help="regenerate even if an identical benchmark exists")
+    p.set_defaults(func=_cmd_synth)
+
+    p = data.add_parser("split-coco", help="COCO-partial folds (STAC / LabelMatch / mmdetection)")
+    p.add_argument("ann_file", type=Path, help="e.g. annotations/instances_train2017.json")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    p.add_argument("--percents", type=float, nargs="+", default=[0.5, 1, 2, 5, 10])
+    p.set_defaults(func=_cmd_split)
+
+    p = data.add_parser("voc-to-coco", help="Pascal VOC XML to COCO JSON")
+    p.add_argument("--devkit", type=Path, required=True, help="the VOCdevkit folder holding VOC2007/ and VOC2012/")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--sets", nargs="+", default=["2007:trainval", "2012:trainval", "2007:test"])
+    p.set_defaults(func=_cmd_voc)
+
+    p = data.add_parser("coco20cls", help="COCO images of the 20 VOC classes, as VOC categories")
+    p.add_argument("ann_file", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_cmd_coco20)
+
+    p = data.add_parser("image-list", help="unlabeled image list (e.g. unlabeled2017) as COCO JSON")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", type=Path, help="folder of images")
+    src.add_argument("--image-info", type=Path, help="COCO image_info_*.json")
+    p.add_argument("--relative-to", type=Path, help="make file_name relative to this folder")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_cmd_image_list)
+
+    p = data.add_parser("report", help="statistics and figures of a COCO-format data set")
+    p.add_argument("ann_file", type=Path)
+    p.add_argument("--image-dir", type=Path, help="also draw sample images with their boxes")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("evaluate", help="COCO box AP of a detections JSON against ground truth")
+    p.add_argument("--gt", type=Path, required=True)
+    p.add_argument("--detections", type=Path, required=True)
+    p.add_argument("--out", type=Path)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="the main job on the embedded benchmark")
+    p.add_argument("--scale", choices=("smoke", "mini"), default="mini")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--data-root", type=Path, default=None)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except InputError as e:
+        print(f"ssod: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

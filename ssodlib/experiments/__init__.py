@@ -1,0 +1,1 @@
+"""Experiments: what to run for each table and figure, and the main job."""

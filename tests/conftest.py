@@ -1,0 +1,19 @@
+"""Shared fixtures. The smoke benchmark is generated once per test session (about a second)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def smoke_benchmark(tmp_path_factory):
+    """The embedded benchmark at smoke scale (seed 0), read-only for tests."""
+    from ssodlib.data.synth import generate, synth_config
+
+    return generate(synth_config("smoke"), root=tmp_path_factory.mktemp("data") / "synth-smoke", seed=0,
+                    workers=1, progress=False)
