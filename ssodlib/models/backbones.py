@@ -1,0 +1,77 @@
+"""Backbones with FPN: ResNet-50 / ResNet-18 from torchvision and a tiny CNN for smoke tests.
+
+Paper scale follows the standard recipe: ImageNet weights through torchvision's weights API,
+frozen BatchNorm, stem and first stage frozen. Training from scratch (mini and smoke scale: no
+weights can be downloaded everywhere) uses GroupNorm, which works at a few images per batch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import Tensor, nn
+from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+FPN_STRIDES = (4, 8, 16, 32, 64)  # P2..P6 ('0', '1', '2', '3', 'pool')
+
+
+def _group_norm(channels: int) -> nn.Module:
+    return nn.GroupNorm(min(32, channels // 4), channels)
+
+
+def resnet_fpn(name: str, *, pretrained: bool, fpn_channels: int, trainable_layers: int) -> nn.Module:
+    """ResNet + FPN. ``pretrained`` loads torchvision's ImageNet weights (cached by torch.hub)."""
+    factories = {"resnet50": (resnet50, ResNet50_Weights.IMAGENET1K_V1), "resnet18": (resnet18, ResNet18_Weights.IMAGENET1K_V1)}
+    factory, weights = factories[name]
+    norm = FrozenBatchNorm2d if pretrained else _group_norm
+    body = factory(weights=weights if pretrained else None, norm_layer=norm)
+    backbone = _resnet_fpn_extractor(body, trainable_layers if pretrained else 5, extra_blocks=LastLevelMaxPool())
+    if fpn_channels != backbone.out_channels:
+        in_channels = [64, 128, 256, 512] if name == "resnet18" else [256, 512, 1024, 2048]
+        backbone.fpn = FeaturePyramidNetwork(in_channels, fpn_channels, extra_blocks=LastLevelMaxPool())
+        backbone.out_channels = fpn_channels
+    return backbone
+
+
+class TinyBackbone(nn.Module):
+    """Four stride-2 stages of two 3x3 convolutions (GroupNorm) + FPN: seconds-scale tests."""
+
+    def __init__(self, *, widths: tuple[int, ...] = (16, 32, 64, 128), fpn_channels: int = 64) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(cin, cout, 3, 2, 1, bias=False), _group_norm(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), _group_norm(cout), nn.ReLU(inplace=True))
+
+        self.stem = block(3, widths[0])  # stride 2
+        chans = (widths[0],) + widths
+        self.stages = nn.ModuleList(block(chans[i], chans[i + 1]) for i in range(4))  # strides 4..32
+        self.fpn = FeaturePyramidNetwork(list(widths), fpn_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = fpn_channels
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        x = self.stem(x)
+        feats = OrderedDict()
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            feats[str(i)] = x
+        return self.fpn(feats)
+
+
+def build_backbone(name: str, *, pretrained: bool = False, fpn_channels: int = 256, trainable_layers: int = 3) -> nn.Module:
+    """``resnet50`` / ``resnet18`` / ``tiny``; the module maps images to FPN levels '0'..'3', 'pool'."""
+    if name == "tiny":
+        if pretrained:
+            raise ValueError("the tiny backbone has no pretrained weights")
+        return TinyBackbone(fpn_channels=fpn_channels)
+    if name in ("resnet50", "resnet18"):
+        return resnet_fpn(name, pretrained=pretrained, fpn_channels=fpn_channels, trainable_layers=trainable_layers)
+    raise ValueError(f"unknown backbone {name!r}; choose resnet50, resnet18 or tiny")
+
+
+__all__ = ["FPN_STRIDES", "TinyBackbone", "build_backbone"]

@@ -1,0 +1,377 @@
+"""Faster R-CNN + FPN from torchvision parts, with every stage exposed.
+
+Semi-supervised methods reach inside the detector: they need the RPN's dense outputs, the RoI head
+run on proposals of their choice (the teacher's, the student's, pooled from one chosen FPN level),
+and the candidates that NMS suppressed. So instead of ``model(images, targets)`` the detector is a
+set of stages:
+
+    batch = det.preprocess(images)                 # normalise, pad; no resizing (views did that)
+    feats = det.features(batch)                    # FPN levels
+    rpn = det.rpn(feats, batch)                    # dense objectness / deltas / anchors
+    props, _ = det.proposals(rpn, batch)           # per-image (P, 4)
+    rois = det.roi_head(feats, props, level=None)  # class logits, box deltas, RoI features
+    dets = det.postprocess(rois, props, batch, with_candidates=True)
+
+Boxes are ``x1, y1, x2, y2`` pixels in the (view's) input image. Class labels are ``0..C-1`` at the
+interface; the RoI classifier has ``C + 1`` outputs with background at index 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.rpn import RPNHead, concat_box_prediction_layers
+from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
+
+from ssodlib.models.backbones import FPN_STRIDES, build_backbone
+from ssodlib.models.losses import box_regression_loss, softmax_focal_loss
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectorConfig:
+    """Faster R-CNN hyper-parameters (torchvision / mmdetection defaults unless noted)."""
+
+    num_classes: int
+    backbone: str = "resnet50"
+    pretrained: bool = False
+    trainable_layers: int = 3  # with pretrained weights: stem and first stage frozen
+    fpn_channels: int = 256
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one size per level P2..P6
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms_top_n: tuple[int, int] = (2000, 1000)  # (train, test), per level
+    rpn_post_nms_top_n: tuple[int, int] = (1000, 1000)
+    rpn_nms_thresh: float = 0.7
+    rpn_iou_thresholds: tuple[float, float] = (0.3, 0.7)
+    rpn_batch_size: int = 256
+    rpn_positive_fraction: float = 0.5
+    roi_iou_threshold: float = 0.5
+    roi_batch_size: int = 512
+    roi_positive_fraction: float = 0.25
+    representation_size: int = 1024
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+    cls_loss: str = "ce"  # "ce" or "focal"
+    focal_gamma: float = 1.5
+    box_loss: str = "smooth_l1"  # "smooth_l1" or "giou"
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    size_divisible: int = 32
+
+
+@dataclass
+class ImageBatch:
+    """``tensors`` ``(B, 3, H, W)`` normalised and zero-padded; ``image_sizes`` the unpadded ``(h, w)``."""
+
+    tensors: Tensor
+    image_sizes: list[tuple[int, int]]
+
+    def image_list(self) -> ImageList:
+        return ImageList(self.tensors, self.image_sizes)
+
+
+@dataclass
+class RPNOutput:
+    """Dense RPN outputs. ``objectness[l]`` ``(B, A, H_l, W_l)`` logits, ``deltas[l]`` ``(B, 4A, H_l, W_l)``,
+    ``anchors[b]`` ``(M, 4)`` for all levels of image ``b``; ``flat()`` gives ``(B, M)`` and ``(B, M, 4)``."""
+
+    objectness: list[Tensor]
+    deltas: list[Tensor]
+    anchors: list[Tensor]
+    num_anchors_per_level: list[int]
+
+    def flat(self) -> tuple[Tensor, Tensor]:
+        obj, deltas = concat_box_prediction_layers(self.objectness, self.deltas)
+        b = len(self.anchors)
+        return obj.reshape(b, -1), deltas.reshape(b, -1, 4)
+
+
+@dataclass
+class RoIOutput:
+    """RoI head outputs for ``R`` RoIs (all images, in order): ``class_logits`` ``(R, C + 1)``,
+    ``box_deltas`` ``(R, 4 (C + 1))``, ``features`` ``(R, D)``; ``counts`` RoIs per image."""
+
+    class_logits: Tensor
+    box_deltas: Tensor
+    features: Tensor
+    counts: list[int]
+
+
+@dataclass
+class RoISamples:
+    """Sampled training RoIs per image: ``proposals[b]`` ``(S, 4)``, ``labels[b]`` ``(S,)`` with 0 =
+    background and ``1..C`` classes, ``matched_boxes[b]`` ``(S, 4)``, ``matched_index[b]`` ``(S,)``
+    (index of the matched target, -1 for background)."""
+
+    proposals: list[Tensor]
+    labels: list[Tensor]
+    matched_boxes: list[Tensor]
+    matched_index: list[Tensor]
+
+
+@dataclass
+class Detections:
+    """Post-NMS detections of one image: ``boxes`` ``(K, 4)``, ``scores`` ``(K,)``, ``labels`` ``(K,)``
+    in ``0..C-1``, ``class_probs`` ``(K, C + 1)`` the softmax of the RoI each came from.
+
+    With candidates: ``candidate_boxes`` ``(Q, 4)`` / ``candidate_scores`` / ``candidate_labels`` are
+    every pre-NMS box above the score threshold, and ``cluster[q]`` is the index of the kept detection
+    that suppressed (or is) candidate ``q``, -1 when that detection was cut by ``detections_per_img``.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    class_probs: Tensor
+    candidate_boxes: Tensor | None = None
+    candidate_scores: Tensor | None = None
+    candidate_labels: Tensor | None = None
+    cluster: Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _zero(*tensors: Tensor) -> Tensor:
+    """A zero that keeps the graph connected (DDP needs every parameter to receive a gradient)."""
+    return sum(t.sum() for t in tensors) * 0.0
+
+
+class FasterRCNN(nn.Module):
+    """Faster R-CNN + FPN whose stages are methods; see the module docstring."""
+
+    def __init__(self, *, config: DetectorConfig) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.backbone = build_backbone(c.backbone, pretrained=c.pretrained, fpn_channels=c.fpn_channels,
+                                       trainable_layers=c.trainable_layers)
+        self.anchor_generator = AnchorGenerator(tuple((s,) for s in c.anchor_sizes),
+                                                (tuple(c.aspect_ratios),) * len(c.anchor_sizes))
+        self.rpn_head = RPNHead(c.fpn_channels, len(c.aspect_ratios))
+        self.roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+        self.box_head = TwoMLPHead(c.fpn_channels * 49, c.representation_size)
+        self.box_predictor = FastRCNNPredictor(c.representation_size, c.num_classes + 1)
+        self.rpn_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.roi_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+        self.rpn_matcher = Matcher(c.rpn_iou_thresholds[1], c.rpn_iou_thresholds[0], allow_low_quality_matches=True)
+        self.roi_matcher = Matcher(c.roi_iou_threshold, c.roi_iou_threshold, allow_low_quality_matches=False)
+        self.register_buffer("pixel_mean", torch.tensor(c.pixel_mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(c.pixel_std).view(3, 1, 1), persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    # -- input ----------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[Tensor]) -> ImageBatch:
+        """Normalise ``(3, h, w)`` uint8 (or 0-255 float) images and pad them into one batch."""
+        d = self.config.size_divisible
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        h = -(-max(s[0] for s in sizes) // d) * d
+        w = -(-max(s[1] for s in sizes) // d) * d
+        batch = self.pixel_mean.new_zeros((len(images), 3, h, w))
+        for i, im in enumerate(images):
+            im = im.to(self.pixel_mean.device, non_blocking=True).float()
+            batch[i, :, : im.shape[-2], : im.shape[-1]] = (im - self.pixel_mean) / self.pixel_std
+        return ImageBatch(batch, sizes)
+
+    def features(self, batch: ImageBatch) -> dict[str, Tensor]:
+        return self.backbone(batch.tensors)
+
+    # -- RPN ------------------------------------------------------------------------------------
+    def rpn(self, features: dict[str, Tensor], batch: ImageBatch) -> RPNOutput:
+        feats = list(features.values())
+        objectness, deltas = self.rpn_head(feats)
+        anchors = self.anchor_generator(batch.image_list(), feats)
+        per_level = [o[0].numel() for o in objectness]
+        return RPNOutput(objectness, deltas, anchors, per_level)
+
+    def proposals(self, rpn: RPNOutput, batch: ImageBatch) -> tuple[list[Tensor], list[Tensor]]:
+        """Top-scoring decoded anchors per level, clipped, NMS per level: per-image ``(P, 4)`` boxes and
+        ``(P,)`` objectness probabilities (no gradient)."""
+        c = self.config
+        phase = int(not self.training)  # 0: train, 1: test
+        obj, deltas = rpn.flat()
+        obj = obj.detach()
+        boxes = self.rpn_coder.decode(deltas.detach().reshape(-1, 4), rpn.anchors).reshape(obj.shape[0], -1, 4)
+        out_boxes, out_scores = [], []
+        for b, (size, bx, sc) in enumerate(zip(batch.image_sizes, boxes, obj)):
+            cand, scores, levels = [], [], []
+            for lvl, (bl, sl) in enumerate(zip(bx.split(rpn.num_anchors_per_level), sc.split(rpn.num_anchors_per_level))):
+                k = min(c.rpn_pre_nms_top_n[phase], sl.numel())
+                top = sl.topk(k).indices
+                cand.append(bl[top]); scores.append(sl[top]); levels.append(torch.full((k,), lvl, device=sl.device))
+            bl, sl, lv = torch.cat(cand), torch.cat(scores).sigmoid(), torch.cat(levels)
+            bl = clip_boxes_to_image(bl, size)
+            keep = remove_small_boxes(bl, 1e-3)
+            bl, sl, lv = bl[keep], sl[keep], lv[keep]
+            keep = batched_nms(bl, sl, lv, c.rpn_nms_thresh)[: c.rpn_post_nms_top_n[phase]]
+            out_boxes.append(bl[keep]); out_scores.append(sl[keep])
+        return out_boxes, out_scores
+
+    def rpn_targets(self, rpn: RPNOutput, gt_boxes: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Anchor labels ``(B, M)`` (1 fg, 0 bg, -1 ignored) and regression targets ``(B, M, 4)``."""
+        labels, targets = [], []
+        for anchors, gt in zip(rpn.anchors, gt_boxes):
+            if gt.numel() == 0:
+                labels.append(torch.zeros(len(anchors), device=anchors.device))
+                targets.append(torch.zeros_like(anchors))
+                continue
+            idx = self.rpn_matcher(box_iou(gt.to(anchors), anchors))
+            lab = (idx >= 0).float()
+            lab[idx == Matcher.BETWEEN_THRESHOLDS] = -1.0
+            labels.append(lab)
+            targets.append(self.rpn_coder.encode_single(gt.to(anchors)[idx.clamp(min=0)], anchors))
+        return torch.stack(labels), torch.stack(targets)
+
+    def rpn_loss(self, rpn: RPNOutput, gt_boxes: Sequence[Tensor], *, regression: bool = True) -> dict[str, Tensor]:
+        """Objectness BCE over sampled anchors and smooth-L1 of positives (normalised by samples)."""
+        c = self.config
+        obj, deltas = rpn.flat()
+        labels, targets = self.rpn_targets(rpn, gt_boxes)
+        sampler = BalancedPositiveNegativeSampler(c.rpn_batch_size, c.rpn_positive_fraction)
+        pos, neg = sampler(list(labels))
+        pos, neg = torch.stack(pos).bool(), torch.stack(neg).bool()
+        sampled = pos | neg
+        n = sampled.sum().clamp(min=1)
+        loss_obj = F.binary_cross_entropy_with_logits(obj[sampled].float(), labels[sampled], reduction="sum") / n
+        if regression and pos.any():
+            loss_reg = box_regression_loss(deltas[pos], targets[pos]) / n
+        else:
+            loss_reg = _zero(deltas)
+        return {"loss_rpn_cls": loss_obj, "loss_rpn_reg": loss_reg}
+
+    # -- RoI head -------------------------------------------------------------------------------
+    def roi_head(self, features: dict[str, Tensor], proposals: Sequence[Tensor], batch: ImageBatch, *,
+                 level: int | None = None) -> RoIOutput:
+        """Run the box head on given per-image ``(P_b, 4)`` RoIs. ``level`` (2..5) pools every RoI
+        from that FPN level instead of the size-based assignment."""
+        proposals = [p.detach().to(batch.tensors.dtype) for p in proposals]
+        if level is None:
+            pooled = self.roi_pool(features, proposals, batch.image_sizes)
+        else:
+            if level not in (2, 3, 4, 5):
+                raise ValueError(f"FPN level must be 2..5, got {level}")
+            pooled = roi_align(features[str(level - 2)], proposals, output_size=7,
+                               spatial_scale=1.0 / FPN_STRIDES[level - 2], sampling_ratio=2)
+        feats = self.box_head(pooled)
+        logits, deltas = self.box_predictor(feats)
+        return RoIOutput(logits, deltas, feats, [len(p) for p in proposals])
+
+    def sample_rois(self, proposals: Sequence[Tensor], gt_boxes: Sequence[Tensor], gt_labels: Sequence[Tensor], *,
+                    add_gt: bool = True, batch_size: int | None = None) -> RoISamples:
+        """Match proposals (plus the targets themselves when ``add_gt``) to targets at the RoI IoU
+        threshold and sample ``roi_batch_size`` per image at ``roi_positive_fraction``."""
+        c = self.config
+        sampler = BalancedPositiveNegativeSampler(batch_size or c.roi_batch_size, c.roi_positive_fraction)
+        out = RoISamples([], [], [], [])
+        for props, gt, lab in zip(proposals, gt_boxes, gt_labels):
+            gt = gt.to(props)
+            if add_gt:
+                props = torch.cat([props, gt])
+            if gt.numel() == 0:
+                idx = torch.full((len(props),), -1, dtype=torch.int64, device=props.device)
+            else:
+                idx = self.roi_matcher(box_iou(gt, props))
+            labels = torch.where(idx >= 0, lab.to(props.device)[idx.clamp(min=0)] + 1, 0) if gt.numel() else \
+                torch.zeros(len(props), dtype=torch.int64, device=props.device)
+            pos, neg = sampler([torch.where(idx >= 0, 1, 0)])
+            keep = torch.where(pos[0].bool() | neg[0].bool())[0]
+            idx = idx[keep].clamp(min=-1)
+            out.proposals.append(props[keep])
+            out.labels.append(labels[keep])
+            out.matched_index.append(torch.where(idx >= 0, idx, -1))
+            out.matched_boxes.append(gt[idx.clamp(min=0)] if gt.numel() else torch.zeros_like(props[keep]))
+        return out
+
+    def roi_loss(self, rois: RoIOutput, samples: RoISamples, *, regression: bool = True) -> dict[str, Tensor]:
+        """Classification (CE or focal) over sampled RoIs and class-specific box loss of positives."""
+        c = self.config
+        labels = torch.cat(samples.labels)
+        if c.cls_loss == "focal":
+            loss_cls = softmax_focal_loss(rois.class_logits, labels, gamma=c.focal_gamma)
+        elif c.cls_loss == "ce":
+            loss_cls = F.cross_entropy(rois.class_logits.float(), labels)
+        else:
+            raise ValueError(f"unknown classification loss {c.cls_loss!r}; choose ce or focal")
+        pos = torch.where(labels > 0)[0]
+        if not regression or pos.numel() == 0:
+            return {"loss_cls": loss_cls, "loss_box": _zero(rois.box_deltas)}
+        deltas = rois.box_deltas.reshape(len(labels), -1, 4)[pos, labels[pos]]
+        props, gt = torch.cat(samples.proposals)[pos], torch.cat(samples.matched_boxes)[pos]
+        target = self.roi_coder.encode_single(gt, props)
+        pred_boxes = self.roi_coder.decode_single(deltas, props) if c.box_loss == "giou" else None
+        loss_box = box_regression_loss(deltas, target, kind=c.box_loss, pred_boxes=pred_boxes, target_boxes=gt)
+        return {"loss_cls": loss_cls, "loss_box": loss_box / max(len(labels), 1)}
+
+    def decode_boxes(self, rois: RoIOutput, proposals: Sequence[Tensor]) -> Tensor:
+        """Class-specific boxes ``(R, C + 1, 4)`` of every RoI."""
+        props = torch.cat([p.detach() for p in proposals]).to(rois.box_deltas.dtype)
+        return self.roi_coder.decode(rois.box_deltas.detach(), [props]).reshape(len(props), -1, 4)
+
+    @torch.no_grad()
+    def postprocess(self, rois: RoIOutput, proposals: Sequence[Tensor], batch: ImageBatch, *,
+                    with_candidates: bool = False, score_thresh: float | None = None) -> list[Detections]:
+        """Per-class score threshold, NMS and top-k, as torchvision; optionally with candidates and
+        the NMS cluster of each (DTG-SSOD's inverse NMS clustering, LabelMatch's mining)."""
+        c = self.config
+        thresh = c.score_thresh if score_thresh is None else score_thresh
+        boxes_all = self.decode_boxes(rois, proposals).float()
+        probs_all = F.softmax(rois.class_logits.detach().float(), -1)
+        out = []
+        for boxes, probs, size in zip(boxes_all.split(rois.counts), probs_all.split(rois.counts), batch.image_sizes):
+            boxes = clip_boxes_to_image(boxes[:, 1:], size)
+            n, k = probs.shape[0], probs.shape[1] - 1
+            labels = torch.arange(k, device=probs.device).expand(n, k).reshape(-1)
+            roi_index = torch.arange(n, device=probs.device)[:, None].expand(n, k).reshape(-1)
+            scores, boxes = probs[:, 1:].reshape(-1), boxes.reshape(-1, 4)
+            cand = torch.where(scores > thresh)[0]
+            cand = cand[remove_small_boxes(boxes[cand], 1e-2)]
+            cb, cs, cl, ci = boxes[cand], scores[cand], labels[cand], roi_index[cand]
+            keep = batched_nms(cb, cs, cl, c.nms_thresh)[: c.detections_per_img]
+            det = Detections(cb[keep], cs[keep], cl[keep], probs[ci[keep]])
+            if with_candidates:
+                det.candidate_boxes, det.candidate_scores, det.candidate_labels = cb, cs, cl
+                det.cluster = nms_clusters(cb, cl, keep, c.nms_thresh)
+            out.append(det)
+        return out
+
+    # -- whole passes ---------------------------------------------------------------------------
+    def supervised_losses(self, images: Sequence[Tensor], gt_boxes: Sequence[Tensor],
+                          gt_labels: Sequence[Tensor]) -> dict[str, Tensor]:
+        batch = self.preprocess(images)
+        feats = self.features(batch)
+        rpn = self.rpn(feats, batch)
+        props, _ = self.proposals(rpn, batch)
+        samples = self.sample_rois(props, gt_boxes, gt_labels)
+        rois = self.roi_head(feats, samples.proposals, batch)
+        return {**self.rpn_loss(rpn, gt_boxes), **self.roi_loss(rois, samples)}
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Tensor], *, with_candidates: bool = False) -> list[Detections]:
+        batch = self.preprocess(images)
+        feats = self.features(batch)
+        props, _ = self.proposals(self.rpn(feats, batch), batch)
+        return self.postprocess(self.roi_head(feats, props, batch), props, batch, with_candidates=with_candidates)
+
+
+def nms_clusters(boxes: Tensor, labels: Tensor, keep: Tensor, iou_threshold: float) -> Tensor:
+    """For each of ``Q`` candidates, the position in ``keep`` of the kept box that greedy NMS let
+    suppress it (itself if kept); -1 if no kept box qualifies. ``keep`` is sorted by score, so the
+    first qualifying kept box (same class, IoU > threshold) is the one that suppressed it."""
+    cluster = torch.full((len(boxes),), -1, dtype=torch.int64, device=boxes.device)
+    if len(keep) == 0 or len(boxes) == 0:
+        return cluster
+    iou = box_iou(boxes, boxes[keep])
+    eligible = (iou > iou_threshold) & (labels[:, None] == labels[keep][None, :])
+    has = eligible.any(1)
+    cluster[has] = eligible.float().argmax(1)[has]
+    cluster[keep] = torch.arange(len(keep), device=boxes.device)
+    return cluster
