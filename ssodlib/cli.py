@@ -78,6 +78,48 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     print("  ".join(f"{k}={metrics[k]:.4f}" for k in ("ap", "ap50", "ap75") if metrics[k] is not None))
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from ssodlib.engine.config import parse_overrides, train_config
+    from ssodlib.engine.trainer import train
+
+    overrides = parse_overrides(args.set or [])
+    for key in ("method", "percent", "fold", "seed", "data_root", "device", "amp"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = str(value) if key == "data_root" else value
+    config = train_config(args.scale, **overrides)
+    out = args.out or Path("runs") / f"{config.method}-{config.scale}-{config.percent:g}pct-fold{config.fold}"
+    final = train(config, out_dir=out, resume=args.resume, progress=not args.quiet)
+    for model, m in final.items():
+        print(f"{model}: AP {100 * m['ap']:.2f}  AP50 {100 * m['ap50']:.2f}  AP75 {100 * m['ap75']:.2f}")
+    print(f"run folder: {out}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from ssodlib.engine.checkpoint import load_checkpoint
+    from ssodlib.engine.config import TrainConfig
+    from ssodlib.engine.data import resolve_data
+    from ssodlib.evaluation.detector_eval import evaluate_detector
+    from ssodlib.data.coco import load_coco
+    from ssodlib.models.detector import DetectorConfig, FasterRCNN
+
+    ckpt = load_checkpoint(args.checkpoint)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()}
+    config = TrainConfig(**fields)
+    files = resolve_data(config)
+    ann_file = args.ann_file or files.val_ann
+    image_dir = args.image_dir or files.image_dir
+    num_classes = load_coco(files.labeled_ann).num_classes
+    model = FasterRCNN(config=DetectorConfig(num_classes=num_classes, **config.detector_kwargs()))
+    weights = ckpt[args.model] if ckpt.get(args.model) else ckpt["student"]
+    model.load_state_dict(weights)
+    metrics = evaluate_detector(model, ann_file=ann_file, image_dir=image_dir, test_scale=config.test_scale,
+                                max_size=config.max_size, progress=not args.quiet).to_dict()
+    if args.out:
+        write_json(args.out, metrics, indent=2)
+    print(f"{args.model}: AP {100 * metrics['ap']:.2f}  AP50 {100 * metrics['ap50']:.2f}  AP75 {100 * metrics['ap75']:.2f}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from ssodlib.experiments.demo import run_demo
 
@@ -137,6 +179,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detections", type=Path, required=True)
     p.add_argument("--out", type=Path)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a method (semi-supervised or supervised)")
+    p.add_argument("--method", default=None, help="supervised, pseudo_label, ... (default: the scale's)")
+    p.add_argument("--scale", choices=("smoke", "mini", "paper"), default="mini")
+    p.add_argument("--percent", type=float, default=None, help="labeled percent of the fold")
+    p.add_argument("--fold", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any TrainConfig field")
+    p.add_argument("--out", type=Path, default=None, help="run folder (checkpoint, metrics.jsonl, final.json)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="COCO AP of a checkpoint on the validation set")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--model", choices=("teacher", "student"), default="teacher")
+    p.add_argument("--ann-file", type=Path, default=None, help="default: the run's validation set")
+    p.add_argument("--image-dir", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None)
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("demo", help="the main job on the embedded benchmark")
     p.add_argument("--scale", choices=("smoke", "mini"), default="mini")

@@ -93,6 +93,11 @@ class RPNOutput:
         b = len(self.anchors)
         return obj.reshape(b, -1), deltas.reshape(b, -1, 4)
 
+    def select(self, images: slice) -> "RPNOutput":
+        """The outputs of a contiguous range of images of the batch."""
+        return RPNOutput([o[images] for o in self.objectness], [d[images] for d in self.deltas],
+                         self.anchors[images], self.num_anchors_per_level)
+
 
 @dataclass
 class RoIOutput:
@@ -103,6 +108,13 @@ class RoIOutput:
     box_deltas: Tensor
     features: Tensor
     counts: list[int]
+
+    def select(self, images: slice) -> "RoIOutput":
+        """The RoIs of a contiguous range of images."""
+        start, stop, _ = images.indices(len(self.counts))
+        lo, hi = sum(self.counts[:start]), sum(self.counts[:stop])
+        return RoIOutput(self.class_logits[lo:hi], self.box_deltas[lo:hi], self.features[lo:hi],
+                         self.counts[start:stop])
 
 
 @dataclass
@@ -115,6 +127,10 @@ class RoISamples:
     labels: list[Tensor]
     matched_boxes: list[Tensor]
     matched_index: list[Tensor]
+
+    def select(self, images: slice) -> "RoISamples":
+        return RoISamples(self.proposals[images], self.labels[images], self.matched_boxes[images],
+                          self.matched_index[images])
 
 
 @dataclass

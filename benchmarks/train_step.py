@@ -1,0 +1,126 @@
+"""Step time and peak memory: a supervised step against a mean-teacher (pseudo_label) step.
+
+    python benchmarks/train_step.py                       # CPU: ResNet-18 FPN, 256 px, 1 + 4 images
+    python benchmarks/train_step.py --device cuda --backbone resnet50 --size 800 --amp bf16
+
+Setting (CPU default): 10 classes, 1 labeled + 4 unlabeled images per step; the supervised step
+trains on the same 5 images with their labels; the pseudo_label step runs the teacher on the 4 weak
+views and the student on all 5 images. Each mode runs in its own process so peak memory is its own.
+Prints seconds per step (median after warm-up), peak memory and the ratio pseudo_label / supervised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _images(n: int, size: int, g):
+    import torch
+
+    return [torch.randint(0, 256, (3, size, size), generator=g, dtype=torch.uint8) for _ in range(n)]
+
+
+def _targets(n: int, size: int, classes: int, g):
+    import torch
+
+    boxes, labels = [], []
+    for _ in range(n):
+        xy = torch.rand(6, 2, generator=g) * size * 0.7
+        wh = 8 + torch.rand(6, 2, generator=g) * size * 0.3
+        boxes.append(torch.cat([xy, (xy + wh).clamp(max=size)], 1))
+        labels.append(torch.randint(0, classes, (6,), generator=g))
+    return boxes, labels
+
+
+def measure(args: argparse.Namespace) -> dict:
+    import torch
+
+    from ssodlib.engine.data import Batch
+    from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
+    from ssodlib.methods import StepContext, get_method
+    from ssodlib.models.detector import DetectorConfig, FasterRCNN
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    cfg = DetectorConfig(num_classes=args.classes, backbone=args.backbone, fpn_channels=args.fpn_channels,
+                         representation_size=args.representation_size, anchor_sizes=(16, 32, 64, 128, 256),
+                         rpn_pre_nms_top_n=(1000, 500), rpn_post_nms_top_n=(500, 300), roi_batch_size=256)
+    student = FasterRCNN(config=cfg).to(device)
+    teacher = FasterRCNN(config=cfg).to(device).eval()
+    teacher.load_state_dict(student.state_dict())
+    opt = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    lab, unl = _images(1, args.size, g), _images(4, args.size, g)
+    boxes, labels = _targets(5, args.size, args.classes, g)
+    eye = torch.eye(3)
+    if args.mode == "supervised":
+        batch = Batch(images=lab + unl, boxes=boxes, labels=labels)
+        method = get_method("supervised")()
+    else:
+        batch = Batch(images=lab, boxes=boxes[:1], labels=labels[:1], weak=unl, strong=[u.clone() for u in unl],
+                      teacher_to_student=[eye] * 4, gt_weak_boxes=boxes[1:], gt_weak_labels=labels[1:],
+                      gt_strong_boxes=boxes[1:], gt_strong_labels=labels[1:])
+        # a low threshold so that the untrained teacher yields pseudo boxes, as a trained one does
+        method = get_method("pseudo_label")(options={"score_thresh": 0.0})
+    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    times = []
+    for i in range(args.warmup + args.steps):
+        ctx = StepContext(teacher=teacher, iteration=i, burn_in=False, unsup_weight=2.0,
+                          stats=PseudoLabelStats(num_classes=args.classes))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            losses = method.losses(student, ctx, batch)
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"mode": args.mode, "sec_per_step": statistics.median(times), "peak_mib": peak}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--fpn-channels", type=int, default=128)
+    p.add_argument("--representation-size", type=int, default=256)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--mode", choices=("supervised", "pseudo_label"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.mode:
+        print(json.dumps(measure(args)))
+        return
+    results = {}
+    for mode in ("supervised", "pseudo_label"):
+        cmd = [sys.executable, __file__, "--mode", mode] + [a for a in sys.argv[1:]]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        results[mode] = json.loads(out)
+    s, m = results["supervised"], results["pseudo_label"]
+    print(f"{args.backbone} FPN, {args.size} px, {args.classes} classes, 1 labeled + 4 unlabeled, "
+          f"{args.device}, {args.threads} threads, amp {args.amp}")
+    for r in (s, m):
+        print(f"  {r['mode']:<13} {r['sec_per_step']:.3f} s/step   peak {r['peak_mib']:.0f} MiB")
+    print(f"  ratio pseudo_label / supervised: time {m['sec_per_step'] / s['sec_per_step']:.2f}x, "
+          f"peak memory {m['peak_mib'] / s['peak_mib']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Training configuration: one plain dataclass, a preset per scale, then explicit overrides.
+
+EMA convention: ``ema_keep_rate`` is the weight the teacher keeps at each update,
+``teacher = keep * teacher + (1 - keep) * student``. Unbiased Teacher and CrossMatch use 0.9996,
+Semi-DETR 0.999 (mmdetection's ``MeanTeacherHook(momentum=0.001)``), LabelMatch 0.996.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ssodlib.io import InputError
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    method: str = "pseudo_label"
+    scale: str = "mini"
+    # data: the embedded benchmark of `scale`, or explicit COCO-format files
+    data_root: str | None = None
+    labeled_ann: str | None = None
+    unlabeled_ann: str | None = None
+    val_ann: str | None = None
+    image_dir: str | None = None
+    percent: float = 5.0
+    fold: int = 1
+    seed: int = 0
+    # detector
+    backbone: str = "resnet18"
+    pretrained: bool = False
+    fpn_channels: int = 128
+    representation_size: int = 256
+    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
+    rpn_pre_nms_top_n: tuple[int, int] = (1000, 500)
+    rpn_post_nms_top_n: tuple[int, int] = (500, 300)
+    roi_batch_size: int = 256
+    cls_loss: str = "ce"
+    box_loss: str = "smooth_l1"
+    # views (shorter side in pixels)
+    train_scales: tuple[int, ...] = (224, 240, 256, 272, 288)
+    test_scale: int = 256
+    max_size: int = 480
+    geometric_jitter: bool = False
+    # schedule
+    iterations: int = 2000
+    burn_in: int = 500
+    labeled_per_batch: int = 1
+    unlabeled_per_batch: int = 4
+    optimizer: str = "sgd"  # "sgd" or "adamw"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 100
+    lr_steps: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    grad_clip: float | None = 10.0
+    ema_keep_rate: float = 0.999
+    unsup_weight: float = 2.0
+    unsup_warmup: int = 0  # iterations after burn-in over which the unsupervised weight ramps up
+    method_options: dict[str, Any] = field(default_factory=dict)
+    # runtime
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    amp: str = "none"  # "none", "bf16", "fp16"
+    channels_last: bool = False
+    num_workers: int = 0
+    threads: int | None = None
+    eval_every: int = 500
+    eval_images: int | None = None  # evaluate on the first N validation images (None: all)
+    checkpoint_every: int = 250
+    log_every: int = 20
+
+    def detector_kwargs(self) -> dict[str, Any]:
+        return dict(backbone=self.backbone, pretrained=self.pretrained, fpn_channels=self.fpn_channels,
+                    representation_size=self.representation_size, anchor_sizes=self.anchor_sizes,
+                    rpn_pre_nms_top_n=self.rpn_pre_nms_top_n, rpn_post_nms_top_n=self.rpn_post_nms_top_n,
+                    roi_batch_size=self.roi_batch_size, cls_loss=self.cls_loss, box_loss=self.box_loss)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        backbone="tiny", fpn_channels=32, representation_size=64, anchor_sizes=(8, 16, 32, 64, 128),
+        rpn_pre_nms_top_n=(200, 100), rpn_post_nms_top_n=(100, 50), roi_batch_size=64,
+        train_scales=(80, 96, 112), test_scale=96, max_size=160, percent=10.0, iterations=8, burn_in=4,
+        warmup_iters=2, eval_every=8, checkpoint_every=4, log_every=2, lr=0.01,
+    ),
+    "mini": dict(),
+    "paper": dict(
+        backbone="resnet50", pretrained=True, fpn_channels=256, representation_size=1024,
+        anchor_sizes=(32, 64, 128, 256, 512), rpn_pre_nms_top_n=(2000, 1000), rpn_post_nms_top_n=(1000, 1000),
+        roi_batch_size=512, train_scales=(640, 672, 704, 736, 768, 800), test_scale=800, max_size=1333,
+        percent=1.0, iterations=180000, burn_in=2000, labeled_per_batch=8, unlabeled_per_batch=8, lr=0.01,
+        warmup_iters=1000, ema_keep_rate=0.9996, unsup_weight=4.0, cls_loss="focal", amp="bf16",
+        eval_every=5000, checkpoint_every=2000, log_every=50, num_workers=4,
+    ),
+}
+
+
+def train_config(scale: str, **overrides: Any) -> TrainConfig:
+    """The preset of ``scale`` with explicit overrides applied (one level, nothing inherited)."""
+    if scale not in PRESETS:
+        raise InputError(f"unknown scale {scale!r}. Fix: choose one of {sorted(PRESETS)}.")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise InputError(f"unknown configuration key(s) {unknown}. Fix: use fields of TrainConfig.")
+    values = {**PRESETS[scale], **overrides, "scale": scale}
+    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def _coerce(name: str, value: Any) -> Any:
+    default = next(f for f in dataclasses.fields(TrainConfig) if f.name == name).default
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["iterations=100", "lr_steps=[800, 900]"]`` -> dict; values are YAML scalars or lists."""
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise InputError(f"override {item!r} is not KEY=VALUE. Fix: e.g. --set iterations=100.")
+        out[key.strip()] = yaml.safe_load(text)
+    return out
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

@@ -1,0 +1,152 @@
+"""Training batches: labeled images in a weak view, unlabeled images in the teacher's weak and the
+student's strong view, every view's matrix, and the withheld ground truth of unlabeled images
+(diagnostics only). Augmentation randomness is a function of (seed, rank, batch, slot), so a resumed
+run sees exactly the images and views an uninterrupted one would."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ssodlib.data.coco import CocoDetection
+from ssodlib.data.sampler import MixedBatchSampler
+from ssodlib.data.synth import ensure_benchmark
+from ssodlib.data.transforms import (
+    StrongViewConfig,
+    WeakViewConfig,
+    clip_boxes,
+    teacher_student_views,
+    transform_boxes,
+    weak_view,
+)
+from ssodlib.engine.config import TrainConfig
+
+
+@dataclass
+class DataFiles:
+    labeled_ann: Path
+    unlabeled_ann: Path | None
+    val_ann: Path
+    image_dir: Path
+
+
+def resolve_data(config: TrainConfig, *, progress: bool = False) -> DataFiles:
+    """Explicit files when given, else the embedded benchmark of the config's scale (generated on
+    first use; the paper scale needs explicit files)."""
+    if config.labeled_ann:
+        if not (config.val_ann and config.image_dir):
+            raise ValueError("labeled_ann needs val_ann and image_dir too")
+        return DataFiles(Path(config.labeled_ann), Path(config.unlabeled_ann) if config.unlabeled_ann else None,
+                         Path(config.val_ann), Path(config.image_dir))
+    scale = "mini" if config.scale == "paper" else config.scale
+    paths = ensure_benchmark(scale, data_root=config.data_root, progress=progress)
+    return DataFiles(paths.fold(fold=config.fold, percent=config.percent),
+                     paths.fold(fold=config.fold, percent=config.percent, unlabeled=True),
+                     paths.annotations("val"), paths.image_dir)
+
+
+def _mapped(boxes: Tensor, labels: Tensor, matrix: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    boxes, keep = clip_boxes(transform_boxes(boxes, matrix), height=size[0], width=size[1])
+    return boxes[keep], labels[keep]
+
+
+@dataclass
+class Batch:
+    """One training batch. Labeled: ``images`` (weak views) with ``boxes`` / ``labels``. Unlabeled:
+    ``weak`` / ``strong`` images, ``teacher_to_student`` ``(3, 3)`` matrices, and the withheld ground
+    truth mapped into the weak (``gt_weak_*``) and strong (``gt_strong_*``) views."""
+
+    images: list[Tensor] = field(default_factory=list)
+    boxes: list[Tensor] = field(default_factory=list)
+    labels: list[Tensor] = field(default_factory=list)
+    weak: list[Tensor] = field(default_factory=list)
+    strong: list[Tensor] = field(default_factory=list)
+    teacher_to_student: list[Tensor] = field(default_factory=list)
+    gt_weak_boxes: list[Tensor] = field(default_factory=list)
+    gt_weak_labels: list[Tensor] = field(default_factory=list)
+    gt_strong_boxes: list[Tensor] = field(default_factory=list)
+    gt_strong_labels: list[Tensor] = field(default_factory=list)
+
+    @property
+    def num_unlabeled(self) -> int:
+        return len(self.weak)
+
+
+class SemiSupervisedData(Dataset):
+    """Items keyed by ``(batch, slot, index)``; index < ``len(labeled)`` is labeled."""
+
+    def __init__(self, *, labeled: CocoDetection, unlabeled: CocoDetection | None, weak: WeakViewConfig,
+                 strong: StrongViewConfig, seed: int, rank: int = 0) -> None:
+        self.labeled, self.unlabeled = labeled, unlabeled
+        self.weak, self.strong = weak, strong
+        self.seed, self.rank = seed, rank
+
+    def __len__(self) -> int:
+        return len(self.labeled) + (len(self.unlabeled) if self.unlabeled is not None else 0)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[str, dict]:
+        batch, slot, index = key
+        g = torch.Generator().manual_seed(((self.seed * 7919 + self.rank) * 1_000_003 + batch) * 64 + slot)
+        if index < len(self.labeled):
+            image, target = self.labeled[index]
+            view, matrix = weak_view(image, self.weak, g)
+            boxes, labels = _mapped(target["boxes"], target["labels"], matrix, view.shape[1:])
+            return "labeled", {"image": view, "boxes": boxes, "labels": labels}
+        image, target = self.unlabeled[index - len(self.labeled)]
+        v = teacher_student_views(image, weak=self.weak, strong=self.strong, g=g)
+        gw = _mapped(target["boxes"], target["labels"], v.weak_matrix, v.weak.shape[1:])
+        gs = _mapped(target["boxes"], target["labels"], v.strong_matrix, v.strong.shape[1:])
+        return "unlabeled", {"weak": v.weak, "strong": v.strong, "t2s": v.teacher_to_student.float(), "gw": gw, "gs": gs}
+
+
+def collate(items: list[tuple[str, dict]]) -> Batch:
+    b = Batch()
+    for kind, it in items:
+        if kind == "labeled":
+            b.images.append(it["image"]); b.boxes.append(it["boxes"]); b.labels.append(it["labels"])
+        else:
+            b.weak.append(it["weak"]); b.strong.append(it["strong"]); b.teacher_to_student.append(it["t2s"])
+            b.gt_weak_boxes.append(it["gw"][0]); b.gt_weak_labels.append(it["gw"][1])
+            b.gt_strong_boxes.append(it["gs"][0]); b.gt_strong_labels.append(it["gs"][1])
+    return b
+
+
+class KeyedBatches:
+    """Turns a :class:`MixedBatchSampler` into batches of ``(batch, slot, index)`` keys."""
+
+    def __init__(self, sampler: MixedBatchSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        k = self.sampler.start_batch
+        while True:
+            yield [(k, slot, i) for slot, i in enumerate(self.sampler.batch(k))]
+            k += 1
+
+
+def build_loader(config: TrainConfig, files: DataFiles, *, uses_unlabeled: bool, start_batch: int, rank: int,
+                 world_size: int) -> tuple[DataLoader, CocoDetection]:
+    labeled = CocoDetection(ann_file=files.labeled_ann, image_dir=files.image_dir)
+    unlabeled = None
+    if uses_unlabeled:
+        if files.unlabeled_ann is None:
+            raise ValueError("this method needs unlabeled data: set unlabeled_ann")
+        unlabeled = CocoDetection(ann_file=files.unlabeled_ann, image_dir=files.image_dir,
+                                  categories=labeled.label_to_cat_id)
+    weak = WeakViewConfig(scales=config.train_scales, max_size=config.max_size)
+    strong = StrongViewConfig(geometric=config.geometric_jitter)
+    data = SemiSupervisedData(labeled=labeled, unlabeled=unlabeled, weak=weak, strong=strong, seed=config.seed,
+                              rank=rank)
+    sampler = MixedBatchSampler(num_labeled=len(labeled), num_unlabeled=len(unlabeled) if unlabeled else 1,
+                                labeled_per_batch=config.labeled_per_batch,
+                                unlabeled_per_batch=config.unlabeled_per_batch if unlabeled else 0,
+                                seed=config.seed, rank=rank, world_size=world_size, start_batch=start_batch)
+    loader = DataLoader(data, batch_sampler=KeyedBatches(sampler), collate_fn=collate,
+                        num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
+                        prefetch_factor=2 if config.num_workers > 0 else None)
+    return loader, labeled

@@ -1,0 +1,286 @@
+"""Iteration-based semi-supervised training: burn-in, EMA teacher, AMP, torch.distributed,
+atomic checkpoints with exact resume, periodic evaluation, JSON-lines metrics."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ssodlib.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from ssodlib.engine.config import TrainConfig, config_dict
+from ssodlib.engine.data import Batch, build_loader, resolve_data
+from ssodlib.engine.distributed import DistInfo, broadcast_module, init_distributed
+from ssodlib.engine.ema import copy_weights, ema_update
+from ssodlib.evaluation.detector_eval import evaluate_detector
+from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
+from ssodlib.io import InputError, write_json, write_text
+from ssodlib.methods import Method, StepContext, get_method
+from ssodlib.models.detector import DetectorConfig, FasterRCNN
+
+METRICS_NAME = "metrics.jsonl"
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class _StepModule(nn.Module):
+    """Runs a method's loss function inside ``forward`` so DistributedDataParallel sees the pass."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, fn, ctx: StepContext, batch: Batch) -> dict[str, torch.Tensor]:
+        return fn(self.detector, ctx, batch)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' requested but CUDA is not available. Fix: use device=cpu or auto.")
+    return torch.device(name)
+
+
+def amp_dtype(config: TrainConfig) -> torch.dtype | None:
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.amp]
+
+
+def lr_factor(config: TrainConfig, iteration: int) -> float:
+    """Linear warm-up from 0.001, then step decay by ``lr_gamma`` at each of ``lr_steps``."""
+    warm = 1.0
+    if iteration < config.warmup_iters:
+        alpha = iteration / max(config.warmup_iters, 1)
+        warm = 0.001 * (1 - alpha) + alpha
+    return warm * config.lr_gamma ** sum(iteration >= s for s in config.lr_steps)
+
+
+def unsup_weight(config: TrainConfig, iteration: int) -> float:
+    if iteration < config.burn_in:
+        return 0.0
+    if config.unsup_warmup <= 0:
+        return config.unsup_weight
+    return config.unsup_weight * min(1.0, (iteration - config.burn_in + 1) / config.unsup_warmup)
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise InputError(f"unknown optimizer {config.optimizer!r}. Fix: sgd or adamw.")
+
+
+@dataclass
+class _State:
+    student: FasterRCNN
+    teacher: FasterRCNN | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    iteration: int = 0
+
+
+class Trainer:
+    """Trains one run into ``out_dir``; ``run()`` resumes from ``out_dir/checkpoint.pt`` when ``resume``."""
+
+    def __init__(self, config: TrainConfig, *, out_dir: str | os.PathLike, resume: bool = False,
+                 progress: bool = True) -> None:
+        self.config, self.out_dir, self.resume, self.progress = config, Path(out_dir), resume, progress
+        self.device = resolve_device(config.device)
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.method: Method = get_method(config.method)(options=config.method_options)
+        self.files = resolve_data(config, progress=progress and self.dist.is_main)
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _build_state(self, num_classes: int) -> _State:
+        c = self.config
+        torch.manual_seed(c.seed)
+        student = FasterRCNN(config=DetectorConfig(num_classes=num_classes, **c.detector_kwargs())).to(self.device)
+        if c.channels_last:
+            student = student.to(memory_format=torch.channels_last)
+        broadcast_module(student)
+        teacher = None
+        if self.method.uses_teacher:
+            teacher = copy.deepcopy(student).eval()
+            teacher.requires_grad_(False)
+        optimizer = build_optimizer(c, student)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(c, it))
+        scaler = torch.amp.GradScaler(self.device.type, enabled=c.amp == "fp16")
+        return _State(student, teacher, optimizer, scheduler, scaler)
+
+    def _load(self, state: _State) -> None:
+        ckpt = load_checkpoint(self.out_dir / CHECKPOINT_NAME, map_location=self.device)
+        state.student.load_state_dict(ckpt["student"])
+        if state.teacher is not None:
+            state.teacher.load_state_dict(ckpt["teacher"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        state.scheduler.load_state_dict(ckpt["scheduler"])
+        state.scaler.load_state_dict(ckpt["scaler"])
+        state.iteration = int(ckpt["iteration"])
+        self._truncate_metrics(state.iteration)
+
+    def _save(self, state: _State) -> None:
+        if not self.dist.is_main:
+            return
+        save_checkpoint(self.out_dir / CHECKPOINT_NAME, {
+            "iteration": state.iteration,
+            "student": state.student.state_dict(),
+            "teacher": state.teacher.state_dict() if state.teacher is not None else {},
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "scaler": state.scaler.state_dict(),
+            "config": config_dict(self.config),
+        })
+
+    # -- logging --------------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            with open(self.out_dir / METRICS_NAME, "a") as f:
+                f.write(json.dumps(record, allow_nan=True) + "\n")
+
+    def _truncate_metrics(self, iteration: int) -> None:
+        """Drop records past the checkpoint: the resumed run writes them again."""
+        path = self.out_dir / METRICS_NAME
+        if self.dist.is_main and path.is_file():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["iteration"] <= iteration]
+            write_text(path, "".join(line + "\n" for line in kept))
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, state: _State) -> dict[str, Any]:
+        """COCO metrics of the student and (after burn-in) the teacher, on the main rank only."""
+        c = self.config
+        out: dict[str, Any] = {}
+        if not self.dist.is_main:
+            return out
+        models = {"student": state.student}
+        if state.teacher is not None and state.iteration >= c.burn_in:
+            models["teacher"] = state.teacher
+        for name, model in models.items():
+            m = evaluate_detector(model, ann_file=self.files.val_ann, image_dir=self.files.image_dir,
+                                  test_scale=c.test_scale, max_size=c.max_size, device=self.device,
+                                  max_images=c.eval_images, amp_dtype=amp_dtype(c)).to_dict()
+            out[name] = {k: m[k] for k in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")}
+            out[name]["per_class_ap"] = m["per_class_ap"]
+            out[name]["ap_per_iou"] = m["ap_per_iou"]
+        return out
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, *, stop_at: int | None = None) -> dict[str, Any]:
+        """Train to ``config.iterations`` (or stop early after ``stop_at`` iterations, checkpointed:
+        what a pre-empted job does) and return the final evaluation."""
+        c = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        from ssodlib.data.coco import load_coco
+
+        labeled = load_coco(self.files.labeled_ann)
+        state = self._build_state(labeled.num_classes)
+        if self.resume and (self.out_dir / CHECKPOINT_NAME).is_file():
+            self._load(state)
+        elif self.dist.is_main:
+            (self.out_dir / METRICS_NAME).unlink(missing_ok=True)
+            write_json(self.out_dir / "config.json", config_dict(c), indent=2)
+        loader, _ = build_loader(c, self.files, uses_unlabeled=self.method.uses_unlabeled,
+                                 start_batch=state.iteration, rank=self.dist.rank, world_size=self.dist.world_size)
+        step_module: nn.Module = _StepModule(state.student)
+        if self.dist.world_size > 1:
+            step_module = nn.parallel.DistributedDataParallel(
+                step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        prior = labeled.class_counts().astype(float)
+        stats = PseudoLabelStats(num_classes=labeled.num_classes, labeled_class_prior=prior)
+        end = c.iterations if stop_at is None else min(c.iterations, stop_at)
+        bar = tqdm(total=end, initial=state.iteration, desc=f"{c.method} {c.scale}",
+                   disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
+        data_iter = iter(loader)
+        window: dict[str, list[float]] = {}
+        tic = time.perf_counter()
+        while state.iteration < end:
+            it = state.iteration
+            losses = self._step(state, step_module, next(data_iter), stats)
+            for k, v in losses.items():
+                window.setdefault(k, []).append(v)
+            state.iteration += 1
+            bar.update(1)
+            done = state.iteration
+            if done % c.log_every == 0 or done == end:
+                record = {"iteration": done, "kind": "train", "lr": state.optimizer.param_groups[0]["lr"],
+                          "unsup_weight": unsup_weight(c, it), "sec_per_iter": (time.perf_counter() - tic) / len(window.get("loss", [1]))}
+                record.update({k: float(np.mean(v)) for k, v in window.items()})
+                if stats.images:
+                    record.update(stats.summary())
+                self._log(record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}")
+                window, tic = {}, time.perf_counter()
+                stats = PseudoLabelStats(num_classes=labeled.num_classes, labeled_class_prior=prior)
+            if (done % c.eval_every == 0 or done == c.iterations) and self.dist.is_main:
+                self._log({"iteration": done, "kind": "eval", **self.evaluate(state)})
+            if done % c.checkpoint_every == 0 or done == end:
+                self._save(state)
+        bar.close()
+        self.state = state
+        final = self.evaluate(state) if state.iteration == c.iterations else {}
+        if final and self.dist.is_main:
+            write_json(self.out_dir / "final.json", {"iteration": state.iteration, **final}, indent=2)
+        return final
+
+    def _step(self, state: _State, step_module: nn.Module, batch: Batch, stats: PseudoLabelStats) -> dict[str, float]:
+        c = self.config
+        it = state.iteration
+        # every step's sampling randomness (RPN / RoI samplers) is a function of the iteration
+        torch.manual_seed((c.seed * 7919 + self.dist.rank) * 1_000_003 + it)
+        if state.teacher is not None and it == c.burn_in:
+            copy_weights(state.teacher, state.student)
+        ctx = StepContext(teacher=state.teacher, iteration=it, burn_in=it < c.burn_in,
+                          unsup_weight=unsup_weight(c, it), stats=stats)
+        state.student.train()
+        dtype = amp_dtype(c)
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            losses = step_module(self.method.losses, ctx, batch)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            values = {k: float(v.detach()) for k, v in losses.items()}
+            raise TrainingDiverged(
+                f"iteration {it}: loss is {float(total)} ({values}). The last good checkpoint is kept in "
+                f"{self.out_dir / CHECKPOINT_NAME}. Fix: lower lr, enable grad_clip, or use amp=bf16 instead of fp16.")
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(total).backward()
+        if c.grad_clip:
+            state.scaler.unscale_(state.optimizer)
+            torch.nn.utils.clip_grad_norm_(state.student.parameters(), c.grad_clip)
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        if state.teacher is not None and it >= c.burn_in:
+            ema_update(state.teacher, state.student, keep_rate=c.ema_keep_rate)
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out["loss"] = float(total.detach())
+        return out
+
+
+def train(config: TrainConfig, *, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
+          stop_at: int | None = None) -> dict[str, Any]:
+    return Trainer(config, out_dir=out_dir, resume=resume, progress=progress).run(stop_at=stop_at)
+
+
+def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(out_dir) / METRICS_NAME
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+
+
+__all__ = ["Trainer", "TrainingDiverged", "read_metrics", "train"]

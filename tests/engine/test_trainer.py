@@ -1,0 +1,129 @@
+import json
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from ssodlib.engine.checkpoint import load_checkpoint
+from ssodlib.engine.config import parse_overrides, train_config
+from ssodlib.engine.ema import ema_update
+from ssodlib.engine.trainer import Trainer, TrainingDiverged, lr_factor, read_metrics, unsup_weight
+from ssodlib.methods.supervised import Supervised
+
+
+@pytest.fixture
+def smoke_config(smoke_benchmark):
+    root = str(smoke_benchmark.root.parent)
+    return train_config("smoke", data_root=root, iterations=6, burn_in=2, checkpoint_every=2, eval_every=100,
+                        log_every=1, threads=1)
+
+
+def _same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(smoke_config, tmp_path):
+    Trainer(smoke_config, out_dir=tmp_path / "full", progress=False).run()
+    Trainer(smoke_config, out_dir=tmp_path / "cut", progress=False).run(stop_at=3)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["iteration"] == 3
+    Trainer(smoke_config, out_dir=tmp_path / "cut", resume=True, progress=False).run()
+    full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    cut = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert full["iteration"] == cut["iteration"] == 6
+    _same_state(full["student"], cut["student"])
+    _same_state(full["teacher"], cut["teacher"])
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "sec_per_iter"} for r in recs if r["kind"] == "train"]
+    assert strip(read_metrics(tmp_path / "full")) == strip(read_metrics(tmp_path / "cut"))
+    final = json.loads((tmp_path / "cut" / "final.json").read_text())
+    assert set(final) == {"iteration", "student", "teacher"} and 0.0 <= final["teacher"]["ap"] <= 1.0
+
+
+def test_pseudo_label_diagnostics_are_logged(smoke_config, tmp_path):
+    cfg = train_config("smoke", data_root=smoke_config.data_root, iterations=4, burn_in=2, eval_every=100,
+                       log_every=1, threads=1, method_options={"score_thresh": 0.0})
+    Trainer(cfg, out_dir=tmp_path, progress=False).run()
+    after = [r for r in read_metrics(tmp_path) if r["kind"] == "train" and r["iteration"] > 2]
+    assert after and all(r["unsup_weight"] == cfg.unsup_weight for r in after)
+    for r in after:
+        assert r["pl_images"] == cfg.unlabeled_per_batch
+        assert r["pl_per_image"] > 0  # threshold 0 keeps every teacher detection
+        assert 0.0 <= r["pl_precision"] <= 1.0 and r["gt_per_image"] > 0
+        assert "loss_cls_unsup" in r and "pl_class_kl" in r and len(r["pl_per_class"]) == 12
+        assert r["roi_tp"] + r["roi_fp"] > 0
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(smoke_config, tmp_path, monkeypatch):
+    original = Supervised.losses
+
+    def poisoned(self, student, ctx, batch):
+        out = original(self, student, ctx, batch)
+        if ctx.iteration == 3:
+            out["loss_cls"] = out["loss_cls"] * float("nan")
+        return out
+
+    monkeypatch.setattr(Supervised, "losses", poisoned)
+    cfg = train_config("smoke", data_root=smoke_config.data_root, method="supervised", iterations=6,
+                       checkpoint_every=2, eval_every=100, threads=1)
+    with pytest.raises(TrainingDiverged, match="iteration 3.*checkpoint"):
+        Trainer(cfg, out_dir=tmp_path, progress=False).run()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 2
+
+
+def test_schedules_and_overrides():
+    cfg = train_config("smoke", warmup_iters=10, lr_steps=[20, 30], lr_gamma=0.1, burn_in=5, unsup_warmup=4,
+                       unsup_weight=2.0)
+    assert cfg.lr_steps == (20, 30)
+    assert lr_factor(cfg, 0) == pytest.approx(0.001) and lr_factor(cfg, 10) == 1.0
+    assert lr_factor(cfg, 25) == pytest.approx(0.1) and lr_factor(cfg, 30) == pytest.approx(0.01)
+    assert [unsup_weight(cfg, i) for i in (4, 5, 6, 8, 20)] == [0.0, 0.5, 1.0, 2.0, 2.0]
+    assert parse_overrides(["iterations=7", "lr_steps=[1, 2]", "amp=bf16"]) == {
+        "iterations": 7, "lr_steps": [1, 2], "amp": "bf16"}
+    from ssodlib.io import InputError
+
+    with pytest.raises(InputError, match="unknown configuration key"):
+        train_config("smoke", iterationz=3)
+    with pytest.raises(InputError, match="KEY=VALUE"):
+        parse_overrides(["iterations"])
+
+
+def test_ema_keep_rate_convention():
+    teacher, student = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        teacher.weight.fill_(1.0); student.weight.fill_(3.0)
+    ema_update(teacher, student, keep_rate=0.75)
+    assert torch.allclose(teacher.weight, torch.full_like(teacher.weight, 1.5))
+    with pytest.raises(ValueError):
+        ema_update(teacher, student, keep_rate=1.5)
+
+
+def _ddp_worker(rank: int, world: int, config, out_dir: str, init_file: str, result_file: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        trainer = Trainer(config, out_dir=out_dir, progress=False)
+        trainer.run()
+        flat = torch.cat([t.flatten().double() for t in trainer.state.teacher.state_dict().values()])
+        student = torch.cat([t.flatten().double() for t in trainer.state.student.state_dict().values()])
+        gathered = [None] * world
+        dist.all_gather_object(gathered, (flat.tolist()[:2000], float(flat.sum()), float(student.sum())))
+        if rank == 0:
+            with open(result_file, "w") as f:
+                json.dump(gathered, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_gloo_keeps_teacher_identical_on_every_rank(smoke_config, tmp_path):
+    cfg = train_config("smoke", data_root=smoke_config.data_root, iterations=4, burn_in=2, eval_every=100,
+                       checkpoint_every=100, threads=1)
+    result = tmp_path / "result.json"
+    mp.start_processes(_ddp_worker, args=(2, cfg, str(tmp_path / "run"), str(tmp_path / "init"), str(result)),
+                       nprocs=2, join=True, start_method="spawn")
+    (t0, s0, st0), (t1, s1, st1) = json.loads(result.read_text())
+    assert t0 == t1 and s0 == s1 and st0 == st1
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["iteration"] == 4
