@@ -271,7 +271,10 @@ class FasterRCNN(nn.Module):
         from that FPN level instead of the size-based assignment."""
         proposals = [p.detach().to(batch.tensors.dtype) for p in proposals]
         if level is None:
-            pooled = self.roi_pool(features, proposals, batch.image_sizes)
+            # the padded size: torchvision infers (and caches) level scales from the sizes it is given
+            # first, and padded sizes are multiples of the largest stride, so the scales are exact
+            padded = [tuple(batch.tensors.shape[-2:])] * len(proposals)
+            pooled = self.roi_pool(features, proposals, padded)
         else:
             if level not in (2, 3, 4, 5):
                 raise ValueError(f"FPN level must be 2..5, got {level}")

@@ -74,11 +74,11 @@ def test_nms_clusters_empty():
 
 def test_preprocess_normalises_and_pads():
     m = _model()
-    batch = m.preprocess([_image(50, 70, 100), _image(64, 40, 200)])
-    assert batch.image_sizes == [(50, 70), (64, 40)]
-    assert batch.tensors.shape == (2, 3, 64, 96)  # max 64 x 70 rounded up to multiples of 32
+    batch = m.preprocess([_image(50, 70, 100), _image(60, 40, 200)])
+    assert batch.image_sizes == [(50, 70), (60, 40)]
+    assert batch.tensors.shape == (2, 3, 64, 96)  # max 60 x 70 rounded up to multiples of 32
     mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
-    for i, (v, (h, w)) in enumerate([(100, (50, 70)), (200, (64, 40))]):
+    for i, (v, (h, w)) in enumerate([(100, (50, 70)), (200, (60, 40))]):
         for ch in range(3):
             want = torch.full((h, w), (v - mean[ch]) / std[ch])
             torch.testing.assert_close(batch.tensors[i, ch, :h, :w], want)
@@ -191,6 +191,16 @@ def test_roi_head_levels():
     for bad in (1, 6, 0):
         with pytest.raises(ValueError):
             m.roi_head(feats, props, batch, level=bad)
+
+
+def test_roi_head_size_rule_after_small_first_batch():
+    m = _model().eval()
+    batch = m.preprocess([_image(40, 40)])  # padded to 64: P2 is 16 x 16, stride 4
+    with torch.no_grad():
+        feats = m.features(batch)
+        props = [torch.tensor([[4.0, 4.0, 20.0, 20.0], [10.0, 2.0, 30.0, 30.0]])]
+        torch.testing.assert_close(m.roi_head(feats, props, batch).features,
+                                   m.roi_head(feats, props, batch, level=2).features)
 
 
 # -- RoI sampling and losses ----------------------------------------------------------------------
