@@ -28,6 +28,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/data_pipeline.py
+	$(BIN)/python benchmarks/train_step.py
 
 clean-data:
 	rm -rf data/synth-smoke data/synth-mini
