@@ -170,7 +170,7 @@ class Trainer:
         if not self.dist.is_main:
             return out
         models = {"student": state.student}
-        if state.teacher is not None and state.iteration >= c.burn_in:
+        if state.teacher is not None and state.iteration > c.burn_in:  # teacher := student happens at step burn_in
             models["teacher"] = state.teacher
         for name, model in models.items():
             m = evaluate_detector(model, ann_file=self.files.val_ann, image_dir=self.files.image_dir,
@@ -220,7 +220,7 @@ class Trainer:
             done = state.iteration
             if done % c.log_every == 0 or done == end:
                 record = {"iteration": done, "kind": "train", "lr": state.optimizer.param_groups[0]["lr"],
-                          "unsup_weight": unsup_weight(c, it), "sec_per_iter": (time.perf_counter() - tic) / len(window.get("loss", [1]))}
+                          "unsup_weight": unsup_weight(c, it) if self.method.uses_unlabeled else 0.0, "sec_per_iter": (time.perf_counter() - tic) / len(window.get("loss", [1]))}
                 record.update({k: float(np.mean(v)) for k, v in window.items()})
                 if stats.images:
                     record.update(stats.summary())
