@@ -38,6 +38,7 @@ class TrainConfig:
     rpn_pre_nms_top_n: tuple[int, int] = (1000, 500)
     rpn_post_nms_top_n: tuple[int, int] = (500, 300)
     roi_batch_size: int = 256
+    roi_sampling_ratio: int = 2
     cls_loss: str = "ce"
     box_loss: str = "smooth_l1"
     # views (shorter side in pixels)
@@ -77,7 +78,8 @@ class TrainConfig:
         return dict(backbone=self.backbone, pretrained=self.pretrained, fpn_channels=self.fpn_channels,
                     representation_size=self.representation_size, anchor_sizes=self.anchor_sizes,
                     rpn_pre_nms_top_n=self.rpn_pre_nms_top_n, rpn_post_nms_top_n=self.rpn_post_nms_top_n,
-                    roi_batch_size=self.roi_batch_size, cls_loss=self.cls_loss, box_loss=self.box_loss)
+                    roi_batch_size=self.roi_batch_size,
+                    roi_sampling_ratio=self.roi_sampling_ratio, cls_loss=self.cls_loss, box_loss=self.box_loss)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -56,6 +56,7 @@ class DetectorConfig:
     roi_batch_size: int = 512
     roi_positive_fraction: float = 0.25
     representation_size: int = 1024
+    roi_sampling_ratio: int = 2  # bilinear samples per bin side; RoIAlign's backward dominates CPU steps
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 100
@@ -171,7 +172,8 @@ class FasterRCNN(nn.Module):
         self.anchor_generator = AnchorGenerator(tuple((s,) for s in c.anchor_sizes),
                                                 (tuple(c.aspect_ratios),) * len(c.anchor_sizes))
         self.rpn_head = RPNHead(c.fpn_channels, len(c.aspect_ratios))
-        self.roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+        self.roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7,
+                                           sampling_ratio=c.roi_sampling_ratio)
         self.box_head = TwoMLPHead(c.fpn_channels * 49, c.representation_size)
         self.box_predictor = FastRCNNPredictor(c.representation_size, c.num_classes + 1)
         self.rpn_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
@@ -279,7 +281,8 @@ class FasterRCNN(nn.Module):
             if level not in (2, 3, 4, 5):
                 raise ValueError(f"FPN level must be 2..5, got {level}")
             pooled = roi_align(features[str(level - 2)], proposals, output_size=7,
-                               spatial_scale=1.0 / FPN_STRIDES[level - 2], sampling_ratio=2)
+                               spatial_scale=1.0 / FPN_STRIDES[level - 2],
+                               sampling_ratio=self.config.roi_sampling_ratio)
         feats = self.box_head(pooled)
         logits, deltas = self.box_predictor(feats)
         return RoIOutput(logits, deltas, feats, [len(p) for p in proposals])

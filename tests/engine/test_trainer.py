@@ -1,4 +1,5 @@
 import json
+import math
 import os
 
 import pytest
@@ -127,3 +128,27 @@ def test_distributed_gloo_keeps_teacher_identical_on_every_rank(smoke_config, tm
     (t0, s0, st0), (t1, s1, st1) = json.loads(result.read_text())
     assert t0 == t1 and s0 == s1 and st0 == st1
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["iteration"] == 4
+
+
+def test_bf16_autocast_and_channels_last_run_on_cpu(smoke_config, tmp_path):
+    cfg = train_config("smoke", data_root=smoke_config.data_root, iterations=3, burn_in=1, amp="bf16",
+                       channels_last=True, eval_every=100, threads=1)
+    final = Trainer(cfg, out_dir=tmp_path, progress=False).run()
+    assert 0.0 <= final["teacher"]["ap"] <= 1.0
+    losses = [r["loss"] for r in read_metrics(tmp_path) if r["kind"] == "train"]
+    assert losses and all(map(math.isfinite, losses))
+
+
+def test_train_and_eval_commands(smoke_config, tmp_path, capsys):
+    from ssodlib.cli import main
+
+    out = tmp_path / "run"
+    assert main(["--quiet", "train", "--scale", "smoke", "--method", "supervised", "--data-root",
+                 smoke_config.data_root, "--set", "iterations=2", "--set", "threads=1", "--out", str(out)]) == 0
+    assert "student: AP" in capsys.readouterr().out
+    assert main(["--quiet", "eval", "--checkpoint", str(out / "checkpoint.pt"), "--model", "student",
+                 "--out", str(tmp_path / "m.json")]) == 0
+    final = json.loads((out / "final.json").read_text())
+    assert json.loads((tmp_path / "m.json").read_text())["ap"] == pytest.approx(final["student"]["ap"])
+    assert main(["train", "--scale", "smoke", "--set", "iterationz=2", "--out", str(out)]) == 2
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2

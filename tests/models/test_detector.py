@@ -461,3 +461,26 @@ def test_backbones():
         build_backbone("vgg16")
     with pytest.raises(ValueError, match="pretrained"):
         build_backbone("tiny", pretrained=True)
+
+
+def test_paper_backbone_loads_imagenet_weights_frozen_bn_and_frozen_stem(monkeypatch):
+    from torchvision.models import ResNet50_Weights, resnet50
+    from torchvision.models._api import WeightsEnum
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    reference = resnet50().state_dict()
+    requested = []
+
+    def fake_get_state_dict(self, *args, **kwargs):  # stands in for the download
+        requested.append(self)
+        return reference
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", fake_get_state_dict)
+    backbone = build_backbone("resnet50", pretrained=True, fpn_channels=256, trainable_layers=3)
+    assert requested == [ResNet50_Weights.IMAGENET1K_V1]
+    body = backbone.body
+    assert isinstance(body.bn1, FrozenBatchNorm2d)
+    assert not any(p.requires_grad for p in body.conv1.parameters())
+    assert not any(p.requires_grad for p in body.layer1.parameters())
+    assert all(p.requires_grad for p in body.layer2.parameters())
+    torch.testing.assert_close(body.conv1.weight, reference["conv1.weight"])
