@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ssodlib.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from ssodlib.engine.config import TrainConfig, config_dict
+from ssodlib.engine.config import SHARED_PREFIX_FIELDS, TrainConfig, config_dict
 from ssodlib.engine.data import Batch, build_loader, resolve_data
 from ssodlib.engine.distributed import DistInfo, broadcast_module, init_distributed
 from ssodlib.engine.ema import copy_weights, ema_update
@@ -125,10 +125,9 @@ class Trainer:
         scaler = torch.amp.GradScaler(self.device.type, enabled=c.amp == "fp16")
         return _State(student, teacher, optimizer, scheduler, scaler)
 
-    def _load(self, state: _State) -> None:
-        ckpt = load_checkpoint(self.out_dir / CHECKPOINT_NAME, map_location=self.device)
+    def _load(self, state: _State, ckpt: dict[str, Any], *, teacher: bool = True) -> None:
         state.student.load_state_dict(ckpt["student"])
-        if state.teacher is not None:
+        if state.teacher is not None and teacher and ckpt["teacher"]:
             state.teacher.load_state_dict(ckpt["teacher"])
         state.optimizer.load_state_dict(ckpt["optimizer"])
         state.scheduler.load_state_dict(ckpt["scheduler"])
@@ -136,10 +135,32 @@ class Trainer:
         state.iteration = int(ckpt["iteration"])
         self._truncate_metrics(state.iteration)
 
+    def _init_from_snapshot(self, state: _State) -> None:
+        """Start from another run's snapshot (see ``TrainConfig.init_from``) and copy its log up to there."""
+        path = Path(self.config.init_from)
+        ckpt = load_checkpoint(path, map_location=self.device)
+        theirs, ours = ckpt["config"], config_dict(self.config)
+        differ = [k for k in SHARED_PREFIX_FIELDS if _normal(theirs.get(k)) != _normal(ours.get(k))]
+        if differ:
+            raise InputError(f"{path}: made with different {differ}. Fix: use a snapshot of a run with the same "
+                             "data, detector and schedule, or drop init_from.")
+        if int(ckpt["iteration"]) > self.config.burn_in:
+            raise InputError(f"{path}: snapshot at iteration {ckpt['iteration']} is past this run's burn-in "
+                             f"({self.config.burn_in}). Fix: use a snapshot taken at or before the burn-in.")
+        self._load(state, ckpt, teacher=False)
+        if self.dist.is_main:
+            records = [r for r in read_metrics(path.parent) if r["iteration"] <= state.iteration]
+            write_text(self.out_dir / METRICS_NAME, "".join(json.dumps(r) + "\n" for r in records))
+
     def _save(self, state: _State) -> None:
         if not self.dist.is_main:
             return
-        save_checkpoint(self.out_dir / CHECKPOINT_NAME, {
+        if state.iteration in self.config.snapshots:
+            save_checkpoint(self.out_dir / f"checkpoint-{state.iteration}.pt", self._state_dict(state))
+        save_checkpoint(self.out_dir / CHECKPOINT_NAME, self._state_dict(state))
+
+    def _state_dict(self, state: _State) -> dict[str, Any]:
+        return {
             "iteration": state.iteration,
             "student": state.student.state_dict(),
             "teacher": state.teacher.state_dict() if state.teacher is not None else {},
@@ -147,7 +168,7 @@ class Trainer:
             "scheduler": state.scheduler.state_dict(),
             "scaler": state.scaler.state_dict(),
             "config": config_dict(self.config),
-        })
+        }
 
     # -- logging --------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
@@ -192,10 +213,13 @@ class Trainer:
         labeled = load_coco(self.files.labeled_ann)
         state = self._build_state(labeled.num_classes)
         if self.resume and (self.out_dir / CHECKPOINT_NAME).is_file():
-            self._load(state)
-        elif self.dist.is_main:
-            (self.out_dir / METRICS_NAME).unlink(missing_ok=True)
-            write_json(self.out_dir / "config.json", config_dict(c), indent=2)
+            self._load(state, load_checkpoint(self.out_dir / CHECKPOINT_NAME, map_location=self.device))
+        else:
+            if self.dist.is_main:
+                (self.out_dir / METRICS_NAME).unlink(missing_ok=True)
+                write_json(self.out_dir / "config.json", config_dict(c), indent=2)
+            if c.init_from:
+                self._init_from_snapshot(state)
         loader, _ = build_loader(c, self.files, uses_unlabeled=self.method.uses_unlabeled,
                                  start_batch=state.iteration, rank=self.dist.rank, world_size=self.dist.world_size)
         step_module: nn.Module = _StepModule(state.student)
@@ -230,7 +254,7 @@ class Trainer:
                 stats = PseudoLabelStats(num_classes=labeled.num_classes, labeled_class_prior=prior)
             if (done % c.eval_every == 0 or done == c.iterations) and self.dist.is_main:
                 self._log({"iteration": done, "kind": "eval", **self.evaluate(state)})
-            if done % c.checkpoint_every == 0 or done == end:
+            if done % c.checkpoint_every == 0 or done == end or done in c.snapshots:
                 self._save(state)
         bar.close()
         self.state = state
@@ -271,6 +295,10 @@ class Trainer:
         out = {k: float(v.detach()) for k, v in losses.items()}
         out["loss"] = float(total.detach())
         return out
+
+
+def _normal(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def train(config: TrainConfig, *, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True,

@@ -152,3 +152,29 @@ def test_train_and_eval_commands(smoke_config, tmp_path, capsys):
     assert json.loads((tmp_path / "m.json").read_text())["ap"] == pytest.approx(final["student"]["ap"])
     assert main(["train", "--scale", "smoke", "--set", "iterationz=2", "--out", str(out)]) == 2
     assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+
+
+def test_a_shared_supervised_burn_in_gives_the_same_run_as_its_own(smoke_config, tmp_path):
+    base = dict(data_root=smoke_config.data_root, burn_in=2, eval_every=100, checkpoint_every=100, threads=1)
+    Trainer(train_config("smoke", method="supervised", iterations=3, snapshots=(2,), **base),
+            out_dir=tmp_path / "sup", progress=False).run()
+    snapshot = tmp_path / "sup" / "checkpoint-2.pt"
+    assert load_checkpoint(snapshot)["iteration"] == 2
+    own = train_config("smoke", iterations=4, **base)
+    Trainer(own, out_dir=tmp_path / "own", progress=False).run()
+    shared = train_config("smoke", iterations=4, init_from=str(snapshot), **base)
+    Trainer(shared, out_dir=tmp_path / "shared", progress=False).run()
+    a, b = load_checkpoint(tmp_path / "own" / "checkpoint.pt"), load_checkpoint(tmp_path / "shared" / "checkpoint.pt")
+    _same_state(a["student"], b["student"])
+    _same_state(a["teacher"], b["teacher"])
+    strip = lambda recs: [{k: v for k, v in r.items() if k != "sec_per_iter"} for r in recs if r["kind"] == "train"]
+    assert strip(read_metrics(tmp_path / "shared")) == strip(read_metrics(tmp_path / "own"))  # burn-in log copied
+    assert [r["iteration"] for r in strip(read_metrics(tmp_path / "shared"))] == [2, 4]
+    from ssodlib.io import InputError
+
+    with pytest.raises(InputError, match="different \\['lr'\\]"):
+        Trainer(train_config("smoke", iterations=4, init_from=str(snapshot), **{**base, "lr": 0.5}),
+                out_dir=tmp_path / "bad", progress=False).run()
+    with pytest.raises(InputError, match="past this run's burn-in"):
+        Trainer(train_config("smoke", iterations=4, init_from=str(snapshot), **{**base, "burn_in": 1}),
+                out_dir=tmp_path / "bad2", progress=False).run()
