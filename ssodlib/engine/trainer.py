@@ -280,7 +280,7 @@ class Trainer:
         if not torch.isfinite(total):
             values = {k: float(v.detach()) for k, v in losses.items()}
             raise TrainingDiverged(
-                f"iteration {it}: loss is {float(total)} ({values}). The last good checkpoint is kept in "
+                f"iteration {it}: loss is {float(total.detach())} ({values}). The last good checkpoint is kept in "
                 f"{self.out_dir / CHECKPOINT_NAME}. Fix: lower lr, enable grad_clip, or use amp=bf16 instead of fp16.")
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(total).backward()
