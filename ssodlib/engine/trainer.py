@@ -233,6 +233,7 @@ class Trainer:
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
         data_iter = iter(loader)
         window: dict[str, list[float]] = {}
+        last_eval: tuple[int, dict[str, Any]] = (-1, {})
         tic = time.perf_counter()
         while state.iteration < end:
             it = state.iteration
@@ -253,12 +254,15 @@ class Trainer:
                 window, tic = {}, time.perf_counter()
                 stats = PseudoLabelStats(num_classes=labeled.num_classes, labeled_class_prior=prior)
             if (done % c.eval_every == 0 or done == c.iterations) and self.dist.is_main:
-                self._log({"iteration": done, "kind": "eval", **self.evaluate(state)})
+                last_eval = (done, self.evaluate(state))
+                self._log({"iteration": done, "kind": "eval", **last_eval[1]})
             if done % c.checkpoint_every == 0 or done == end or done in c.snapshots:
                 self._save(state)
         bar.close()
         self.state = state
-        final = self.evaluate(state) if state.iteration == c.iterations else {}
+        final = {}
+        if state.iteration == c.iterations:
+            final = last_eval[1] if last_eval[0] == state.iteration else self.evaluate(state)
         if final and self.dist.is_main:
             write_json(self.out_dir / "final.json", {"iteration": state.iteration, **final}, indent=2)
         return final
