@@ -60,11 +60,11 @@ def _cmd_image_list(args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     from ssodlib.report.dataset import load_stats, plot_dataset, plot_samples
 
-    _, stats = load_stats(args.ann_file)
+    ann, stats = load_stats(args.ann_file)
     plot_dataset(stats, args.out)
     write_json(Path(args.out) / "stats.json", stats.to_dict(), indent=2)
     if args.image_dir:
-        plot_samples(load_stats(args.ann_file)[0], args.image_dir, Path(args.out) / "samples.png")
+        plot_samples(ann, args.image_dir, Path(args.out) / "samples.png")
     print(f"report of {args.ann_file} in {args.out}")
 
 

@@ -19,6 +19,7 @@ parallel.
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
 import os
@@ -30,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-from ssodlib.data.splits import write_coco_splits
+from ssodlib.data.splits import split_file_names, write_coco_splits
 from ssodlib.io import read_json, write_json
 
 CLASSES = (
@@ -284,8 +285,6 @@ class SynthPaths:
         return self.root / "annotations" / f"instances_{split}.json"
 
     def fold(self, *, fold: int, percent: float, unlabeled: bool = False) -> Path:
-        from ssodlib.data.splits import split_file_names
-
         names = split_file_names("instances_train", fold=fold, percent=percent)
         return self.root / "annotations" / "semi" / names[int(unlabeled)]
 
@@ -316,8 +315,6 @@ def generate(config: SynthConfig, *, root: str | os.PathLike, seed: int = 0, wor
 
 
 def _jsonable(obj: Any) -> Any:
-    import json
-
     return json.loads(json.dumps(obj))
 
 
