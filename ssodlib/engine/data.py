@@ -123,15 +123,12 @@ class KeyedBatches:
         self.sampler = sampler
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        k = self.sampler.start_batch
-        while True:
-            yield [(k, slot, i) for slot, i in enumerate(self.sampler.batch(k))]
-            k += 1
+        for k, batch in enumerate(self.sampler, start=self.sampler.start_batch):
+            yield [(k, slot, i) for slot, i in enumerate(batch)]
 
 
-def build_loader(config: TrainConfig, files: DataFiles, *, uses_unlabeled: bool, start_batch: int, rank: int,
-                 world_size: int) -> tuple[DataLoader, CocoDetection]:
-    labeled = CocoDetection(ann_file=files.labeled_ann, image_dir=files.image_dir)
+def build_loader(config: TrainConfig, files: DataFiles, *, labeled: CocoDetection, uses_unlabeled: bool,
+                 start_batch: int, rank: int, world_size: int) -> DataLoader:
     unlabeled = None
     if uses_unlabeled:
         if files.unlabeled_ann is None:
@@ -149,4 +146,4 @@ def build_loader(config: TrainConfig, files: DataFiles, *, uses_unlabeled: bool,
     loader = DataLoader(data, batch_sampler=KeyedBatches(sampler), collate_fn=collate,
                         num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
                         prefetch_factor=2 if config.num_workers > 0 else None)
-    return loader, labeled
+    return loader

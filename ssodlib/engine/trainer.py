@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ssodlib.data.coco import CocoDetection
 from ssodlib.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from ssodlib.engine.config import SHARED_PREFIX_FIELDS, TrainConfig, config_dict
 from ssodlib.engine.data import Batch, build_loader, resolve_data
@@ -208,9 +209,7 @@ class Trainer:
         what a pre-empted job does) and return the final evaluation."""
         c = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        from ssodlib.data.coco import load_coco
-
-        labeled = load_coco(self.files.labeled_ann)
+        labeled = CocoDetection(ann_file=self.files.labeled_ann, image_dir=self.files.image_dir)
         state = self._build_state(labeled.num_classes)
         if self.resume and (self.out_dir / CHECKPOINT_NAME).is_file():
             self._load(state, load_checkpoint(self.out_dir / CHECKPOINT_NAME, map_location=self.device))
@@ -220,13 +219,13 @@ class Trainer:
                 write_json(self.out_dir / "config.json", config_dict(c), indent=2)
             if c.init_from:
                 self._init_from_snapshot(state)
-        loader, _ = build_loader(c, self.files, uses_unlabeled=self.method.uses_unlabeled,
-                                 start_batch=state.iteration, rank=self.dist.rank, world_size=self.dist.world_size)
+        loader = build_loader(c, self.files, labeled=labeled, uses_unlabeled=self.method.uses_unlabeled,
+                              start_batch=state.iteration, rank=self.dist.rank, world_size=self.dist.world_size)
         step_module: nn.Module = _StepModule(state.student)
         if self.dist.world_size > 1:
             step_module = nn.parallel.DistributedDataParallel(
                 step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        prior = labeled.class_counts().astype(float)
+        prior = labeled.coco.class_counts().astype(float)
         stats = PseudoLabelStats(num_classes=labeled.num_classes, labeled_class_prior=prior)
         end = c.iterations if stop_at is None else min(c.iterations, stop_at)
         bar = tqdm(total=end, initial=state.iteration, desc=f"{c.method} {c.scale}",

@@ -300,17 +300,17 @@ class FasterRCNN(nn.Module):
                 props = torch.cat([props, gt])
             if gt.numel() == 0:
                 idx = torch.full((len(props),), -1, dtype=torch.int64, device=props.device)
+                labels = torch.zeros(len(props), dtype=torch.int64, device=props.device)
+                gt = props.new_zeros((1, 4))  # matched_boxes of background RoIs are never read
             else:
-                idx = self.roi_matcher(box_iou(gt, props))
-            labels = torch.where(idx >= 0, lab.to(props.device)[idx.clamp(min=0)] + 1, 0) if gt.numel() else \
-                torch.zeros(len(props), dtype=torch.int64, device=props.device)
+                idx = self.roi_matcher(box_iou(gt, props))  # equal thresholds: -1 or a target index
+                labels = torch.where(idx >= 0, lab.to(props.device)[idx.clamp(min=0)] + 1, 0)
             pos, neg = sampler([torch.where(idx >= 0, 1, 0)])
             keep = torch.where(pos[0].bool() | neg[0].bool())[0]
-            idx = idx[keep].clamp(min=-1)
             out.proposals.append(props[keep])
             out.labels.append(labels[keep])
-            out.matched_index.append(torch.where(idx >= 0, idx, -1))
-            out.matched_boxes.append(gt[idx.clamp(min=0)] if gt.numel() else torch.zeros_like(props[keep]))
+            out.matched_index.append(idx[keep])
+            out.matched_boxes.append(gt[idx[keep].clamp(min=0)])
         return out
 
     def roi_loss(self, rois: RoIOutput, samples: RoISamples, *, regression: bool = True) -> dict[str, Tensor]:
