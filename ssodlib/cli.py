@@ -111,8 +111,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     image_dir = args.image_dir or files.image_dir
     num_classes = load_coco(files.labeled_ann).num_classes
     model = FasterRCNN(config=DetectorConfig(num_classes=num_classes, **config.detector_kwargs()))
-    weights = ckpt[args.model] if ckpt.get(args.model) else ckpt["student"]
-    model.load_state_dict(weights)
+    if not ckpt.get(args.model):
+        raise InputError(f"{args.checkpoint}: has no {args.model} weights (the method has no teacher). "
+                         "Fix: pass --model student.")
+    model.load_state_dict(ckpt[args.model])
     metrics = evaluate_detector(model, ann_file=ann_file, image_dir=image_dir, test_scale=config.test_scale,
                                 max_size=config.max_size, progress=not args.quiet).to_dict()
     if args.out:

@@ -152,6 +152,8 @@ def test_train_and_eval_commands(smoke_config, tmp_path, capsys):
     assert json.loads((tmp_path / "m.json").read_text())["ap"] == pytest.approx(final["student"]["ap"])
     assert main(["train", "--scale", "smoke", "--set", "iterationz=2", "--out", str(out)]) == 2
     assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert main(["--quiet", "eval", "--checkpoint", str(out / "checkpoint.pt"), "--model", "teacher"]) == 2
+    assert "no teacher weights" in capsys.readouterr().err
 
 
 def test_a_shared_supervised_burn_in_gives_the_same_run_as_its_own(smoke_config, tmp_path):
