@@ -29,8 +29,9 @@ def _env_int(*names: str, default: int) -> int:
 
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group described by torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or srun
-    (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID); a single process otherwise. NCCL on CUDA, gloo on CPU."""
-    world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    (SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID); a single process otherwise. NCCL on CUDA, gloo on CPU."""
+    # SLURM_STEP_NUM_TASKS, not SLURM_NTASKS: a batch script of a multi-task allocation is one process
+    world = _env_int("WORLD_SIZE", "SLURM_STEP_NUM_TASKS", default=1)
     rank = _env_int("RANK", "SLURM_PROCID", default=0)
     local = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
     if world > 1 and not dist.is_initialized():
@@ -56,3 +57,12 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from ssodlib.data.coco import CocoDetection
 from ssodlib.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from ssodlib.engine.config import SHARED_PREFIX_FIELDS, TrainConfig, config_dict
 from ssodlib.engine.data import Batch, build_loader, resolve_data
-from ssodlib.engine.distributed import DistInfo, broadcast_module, init_distributed
+from ssodlib.engine.distributed import DistInfo, any_rank, broadcast_module, init_distributed
 from ssodlib.engine.ema import copy_weights, ema_update
 from ssodlib.evaluation.detector_eval import evaluate_detector
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
@@ -33,6 +35,43 @@ METRICS_NAME = "metrics.jsonl"
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Preempted(RuntimeError):
+    """The run was asked to stop (SIGUSR1 / SIGTERM, or the file named by ``$SSOD_STOP_FILE`` exists):
+    it wrote a checkpoint at the current iteration and stopped; ``resume=True`` continues it."""
+
+
+STOP_FILE_ENV = "SSOD_STOP_FILE"
+
+
+class _StopRequest:
+    """Catches SIGUSR1 and SIGTERM (the signals SLURM sends before a time limit or a preemption) while a
+    run trains, and watches the optional stop file; every rank stops at the same iteration."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self.stop_file = os.environ.get(STOP_FILE_ENV) or None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signalled = True
+
+    def requested(self, device: torch.device) -> bool:
+        local = self.signalled or bool(self.stop_file and os.path.exists(self.stop_file))
+        return any_rank(local, device)
 
 
 class _StepModule(nn.Module):
@@ -226,10 +265,26 @@ class Trainer:
             step_module = nn.parallel.DistributedDataParallel(
                 step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         prior = labeled.coco.class_counts().astype(float)
-        stats = PseudoLabelStats(num_classes=labeled.num_classes, labeled_class_prior=prior)
         end = c.iterations if stop_at is None else min(c.iterations, stop_at)
         bar = tqdm(total=end, initial=state.iteration, desc=f"{c.method} {c.scale}",
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
+        with _StopRequest() as stop:
+            last_eval = self._loop(state, step_module, loader, end, bar, prior, stop)
+        bar.close()
+        self.state = state
+        final = {}
+        if state.iteration == c.iterations:
+            final = last_eval[1] if last_eval[0] == state.iteration else self.evaluate(state)
+        if final and self.dist.is_main:
+            write_json(self.out_dir / "final.json", {"iteration": state.iteration, **final}, indent=2)
+        return final
+
+    def _loop(self, state: _State, step_module: nn.Module, loader: Any, end: int, bar: Any, prior: np.ndarray,
+              stop: _StopRequest) -> tuple[int, dict[str, Any]]:
+        """Train from ``state.iteration`` to ``end``; returns the last evaluation as (iteration, metrics)."""
+        c = self.config
+        num_classes = len(prior)
+        stats = PseudoLabelStats(num_classes=num_classes, labeled_class_prior=prior)
         data_iter = iter(loader)
         window: dict[str, list[float]] = {}
         last_eval: tuple[int, dict[str, Any]] = (-1, {})
@@ -244,27 +299,25 @@ class Trainer:
             done = state.iteration
             if done % c.log_every == 0 or done == end:
                 record = {"iteration": done, "kind": "train", "lr": state.optimizer.param_groups[0]["lr"],
-                          "unsup_weight": unsup_weight(c, it) if self.method.uses_unlabeled else 0.0, "sec_per_iter": (time.perf_counter() - tic) / len(window.get("loss", [1]))}
+                          "unsup_weight": unsup_weight(c, it) if self.method.uses_unlabeled else 0.0,
+                          "sec_per_iter": (time.perf_counter() - tic) / len(window.get("loss", [1]))}
                 record.update({k: float(np.mean(v)) for k, v in window.items()})
                 if stats.images:
                     record.update(stats.summary())
                 self._log(record)
                 bar.set_postfix(loss=f"{record['loss']:.3f}")
                 window, tic = {}, time.perf_counter()
-                stats = PseudoLabelStats(num_classes=labeled.num_classes, labeled_class_prior=prior)
+                stats = PseudoLabelStats(num_classes=num_classes, labeled_class_prior=prior)
             if (done % c.eval_every == 0 or done == c.iterations) and self.dist.is_main:
                 last_eval = (done, self.evaluate(state))
                 self._log({"iteration": done, "kind": "eval", **last_eval[1]})
             if done % c.checkpoint_every == 0 or done == end or done in c.snapshots:
                 self._save(state)
-        bar.close()
-        self.state = state
-        final = {}
-        if state.iteration == c.iterations:
-            final = last_eval[1] if last_eval[0] == state.iteration else self.evaluate(state)
-        if final and self.dist.is_main:
-            write_json(self.out_dir / "final.json", {"iteration": state.iteration, **final}, indent=2)
-        return final
+            if done < end and stop.requested(self.device):
+                self._save(state)
+                raise Preempted(f"stopped at iteration {done} on request (signal or stop file); the checkpoint is "
+                                f"{self.out_dir / CHECKPOINT_NAME}. Fix: run again with resume to continue.")
+        return last_eval
 
     def _step(self, state: _State, step_module: nn.Module, batch: Batch, stats: PseudoLabelStats) -> dict[str, float]:
         c = self.config

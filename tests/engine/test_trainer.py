@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import signal
 
 import pytest
 import torch
@@ -9,7 +10,15 @@ import torch.multiprocessing as mp
 from ssodlib.engine.checkpoint import load_checkpoint
 from ssodlib.engine.config import parse_overrides, train_config
 from ssodlib.engine.ema import ema_update
-from ssodlib.engine.trainer import Trainer, TrainingDiverged, lr_factor, read_metrics, unsup_weight
+from ssodlib.engine.trainer import (
+    STOP_FILE_ENV,
+    Preempted,
+    Trainer,
+    TrainingDiverged,
+    lr_factor,
+    read_metrics,
+    unsup_weight,
+)
 from ssodlib.methods.supervised import Supervised
 
 
@@ -40,6 +49,39 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(smoke_config, tmp_pat
     assert strip(read_metrics(tmp_path / "full")) == strip(read_metrics(tmp_path / "cut"))
     final = json.loads((tmp_path / "cut" / "final.json").read_text())
     assert set(final) == {"iteration", "student", "teacher"} and 0.0 <= final["teacher"]["ap"] <= 1.0
+
+
+def test_a_stop_request_checkpoints_and_the_resumed_run_matches(smoke_config, tmp_path, monkeypatch):
+    """What a SLURM task does before its time limit: the stop file (or SIGUSR1) makes the run save a
+    checkpoint at the current iteration and raise Preempted; resuming ends with the same weights."""
+    Trainer(smoke_config, out_dir=tmp_path / "full", progress=False).run()
+    stop_file = tmp_path / "stop"
+    monkeypatch.setenv(STOP_FILE_ENV, str(stop_file))
+    original = Trainer._step
+    seen = []
+
+    def step(self, state, *args):
+        seen.append(state.iteration)
+        if state.iteration == 2:
+            stop_file.touch()
+        if state.iteration == 4:  # a real signal, delivered to this process as SLURM would
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return original(self, state, *args)
+
+    monkeypatch.setattr(Trainer, "_step", step)
+    with pytest.raises(Preempted, match="iteration 3"):
+        Trainer(smoke_config, out_dir=tmp_path / "cut", progress=False).run()
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["iteration"] == 3
+    stop_file.unlink()
+    with pytest.raises(Preempted, match="iteration 5"):
+        Trainer(smoke_config, out_dir=tmp_path / "cut", resume=True, progress=False).run()
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers are restored after the run
+    Trainer(smoke_config, out_dir=tmp_path / "cut", resume=True, progress=False).run()
+    assert seen == [0, 1, 2, 3, 4, 5]
+    full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    cut = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    _same_state(full["student"], cut["student"])
+    _same_state(full["teacher"], cut["teacher"])
 
 
 def test_pseudo_label_diagnostics_are_logged(smoke_config, tmp_path):
