@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 from ssodlib.io import InputError, read_json, write_json
 
 
@@ -82,7 +84,14 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from ssodlib.engine.config import parse_overrides, train_config
     from ssodlib.engine.trainer import train
 
-    overrides = parse_overrides(args.set or [])
+    overrides = {}
+    if args.config:
+        with open(args.config) as f:
+            overrides = yaml.safe_load(f) or {}
+        if not isinstance(overrides, dict):
+            raise InputError(f"{args.config}: not a mapping of TrainConfig fields. Fix: write KEY: VALUE lines.")
+        args.scale = overrides.pop("scale", args.scale)
+    overrides.update(parse_overrides(args.set or []))
     for key in ("method", "percent", "fold", "seed", "data_root", "device", "amp"):
         value = getattr(args, key)
         if value is not None:
@@ -108,7 +117,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     config = TrainConfig(**fields)
     files = resolve_data(config)
     ann_file = args.ann_file or files.val_ann
-    image_dir = args.image_dir or files.image_dir
+    image_dir = args.image_dir or files.val_images
     num_classes = load_coco(files.labeled_ann).num_classes
     model = FasterRCNN(config=DetectorConfig(num_classes=num_classes, **config.detector_kwargs()))
     if not ckpt.get(args.model):
@@ -126,6 +135,73 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from ssodlib.experiments.demo import run_demo
 
     run_demo(scale=args.scale, out=Path(args.out), data_root=args.data_root, progress=not args.quiet)
+
+
+def _experiment_args(args: argparse.Namespace) -> dict:
+    from ssodlib.engine.config import parse_overrides
+
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+    columns = args.columns.split(",") if args.columns else None
+    return dict(folds=folds, columns=columns, overrides=parse_overrides(args.set or []))
+
+
+def _cmd_experiments_list(args: argparse.Namespace) -> None:
+    from ssodlib.experiments import plan
+    from ssodlib.experiments.store import ResultsStore
+
+    specs = plan(args.paper, args.table, args.scale, **_experiment_args(args))
+    if args.count:
+        print(len(specs))
+        return
+    store = ResultsStore(args.results_dir)
+    for i, s in enumerate(specs):
+        print(f"{i}\t{'done' if store.is_complete(s.key) else 'todo'}\t{s.describe()}")
+
+
+def _cmd_experiments_run(args: argparse.Namespace) -> None:
+    from ssodlib.experiments import plan, run_plan
+
+    specs = plan(args.paper, args.table, args.scale, **_experiment_args(args))
+    records = run_plan(specs, run_index=args.index, results_dir=args.results_dir, data_root=args.data_root,
+                       device=args.device, processes=args.processes, progress=not args.quiet)
+    print(f"{len(records)} run(s) complete in {args.results_dir or 'the default results folder'}")
+
+
+def _cmd_experiments_report(args: argparse.Namespace) -> None:
+    from ssodlib.experiments.plan import plan_items
+    from ssodlib.report.experiments import render
+
+    items = plan_items(args.paper, args.table, args.scale, **_experiment_args(args))
+    report = render(items, paper=args.paper, scale=args.scale, results_dir=args.results_dir, out_dir=args.out)
+    for name, frame in report.tables.items():
+        print(f"== {name}\n{frame.to_string(index=False)}\n")
+    print(f"report files in {report.out_dir}")
+
+
+def _add_experiment_parsers(sub: argparse._SubParsersAction) -> None:
+    exp = sub.add_parser("experiments", help="the runs of a paper's tables and figures").add_subparsers(
+        dest="experiments_command", required=True)
+    for name, func, helptext in (("list", _cmd_experiments_list, "list the planned runs and whether they are done"),
+                                 ("run", _cmd_experiments_run, "run missing runs (all, or one with --index)"),
+                                 ("report", _cmd_experiments_report, "tables and figures from the results store")):
+        p = exp.add_parser(name, help=helptext)
+        p.add_argument("--paper", required=True, help="a folder of papers/, e.g. baselines")
+        p.add_argument("--table", default="all", help="a table or figure id, or all")
+        p.add_argument("--scale", choices=("smoke", "mini", "paper"), default="mini")
+        p.add_argument("--folds", default=None, help="comma-separated folds (default: the declared ones)")
+        p.add_argument("--columns", default=None, help="comma-separated columns (default: the declared ones)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field of every run")
+        p.add_argument("--results-dir", type=Path, default=None, help="default: $SSOD_RESULTS_DIR or ./results")
+        p.set_defaults(func=func)
+        if name == "list":
+            p.add_argument("--count", action="store_true", help="print only the number of runs")
+        if name == "run":
+            p.add_argument("--index", type=int, default=None, help="only this run (an array task's index)")
+            p.add_argument("--data-root", default=None)
+            p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+            p.add_argument("--processes", type=int, default=1, help="ranks per run (srun or torchrun)")
+        if name == "report":
+            p.add_argument("--out", type=Path, default=None, help="default: RESULTS/reports/PAPER/SCALE")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any TrainConfig field")
     p.add_argument("--out", type=Path, default=None, help="run folder (checkpoint, metrics.jsonl, final.json)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--config", type=Path, default=None, help="a YAML / JSON file of TrainConfig fields (then --set)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="COCO AP of a checkpoint on the validation set")
@@ -204,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None)
     p.set_defaults(func=_cmd_eval)
 
+    _add_experiment_parsers(sub)
+
     p = sub.add_parser("demo", help="the main job on the embedded benchmark")
     p.add_argument("--scale", choices=("smoke", "mini"), default="mini")
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -213,12 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ssodlib.engine.trainer import Preempted
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except InputError as e:
         print(f"ssod: error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        print(f"ssod: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -20,12 +20,15 @@ from ssodlib.io import InputError
 class TrainConfig:
     method: str = "pseudo_label"
     scale: str = "mini"
-    # data: the embedded benchmark of `scale`, or explicit COCO-format files
+    # data: "synth" (the embedded benchmark of `scale`) or "coco" (COCO-standard folds under
+    # {data_root}/coco, see README), or explicit COCO-format files (labeled_ann, ...), which win
+    dataset: str = "synth"
     data_root: str | None = None
     labeled_ann: str | None = None
     unlabeled_ann: str | None = None
     val_ann: str | None = None
     image_dir: str | None = None
+    val_image_dir: str | None = None  # default: image_dir
     percent: float = 5.0
     fold: int = 1
     seed: int = 0
@@ -152,7 +155,7 @@ def config_dict(config: TrainConfig) -> dict[str, Any]:
 
 # fields two runs must share for one to continue from the other's snapshot
 SHARED_PREFIX_FIELDS = (
-    "data_root", "labeled_ann", "val_ann", "image_dir", "percent", "fold", "seed", "backbone", "pretrained",
+    "dataset", "data_root", "labeled_ann", "val_ann", "image_dir", "percent", "fold", "seed", "backbone", "pretrained",
     "fpn_channels", "representation_size", "anchor_sizes", "rpn_pre_nms_top_n", "rpn_post_nms_top_n",
     "roi_batch_size", "roi_sampling_ratio", "cls_loss", "box_loss", "train_scales", "max_size", "labeled_per_batch",
     "optimizer", "lr", "momentum", "weight_decay", "warmup_iters", "lr_steps", "lr_gamma", "grad_clip", "amp",

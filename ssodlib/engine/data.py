@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssodlib.data.coco import CocoDetection
 from ssodlib.data.sampler import MixedBatchSampler
-from ssodlib.data.synth import ensure_benchmark
+from ssodlib.data.splits import split_file_names
+from ssodlib.data.synth import default_data_root, ensure_benchmark
 from ssodlib.data.transforms import (
     StrongViewConfig,
     WeakViewConfig,
@@ -25,6 +26,7 @@ from ssodlib.data.transforms import (
     weak_view,
 )
 from ssodlib.engine.config import TrainConfig
+from ssodlib.io import InputError
 
 
 @dataclass
@@ -33,21 +35,50 @@ class DataFiles:
     unlabeled_ann: Path | None
     val_ann: Path
     image_dir: Path
+    val_image_dir: Path | None = None
+
+    @property
+    def val_images(self) -> Path:
+        return self.val_image_dir or self.image_dir
 
 
 def resolve_data(config: TrainConfig, *, progress: bool = False) -> DataFiles:
-    """Explicit files when given, else the embedded benchmark of the config's scale (generated on
-    first use; the paper scale needs explicit files)."""
+    """Explicit files when given; else the config's ``dataset``: the embedded benchmark of the config's
+    scale (generated on first use) or the COCO-standard folds under ``{data_root}/coco``."""
     if config.labeled_ann:
         if not (config.val_ann and config.image_dir):
-            raise ValueError("labeled_ann needs val_ann and image_dir too")
+            raise InputError("labeled_ann needs val_ann and image_dir too. Fix: set all three (--set KEY=VALUE).")
         return DataFiles(Path(config.labeled_ann), Path(config.unlabeled_ann) if config.unlabeled_ann else None,
-                         Path(config.val_ann), Path(config.image_dir))
-    scale = "mini" if config.scale == "paper" else config.scale
-    paths = ensure_benchmark(scale, data_root=config.data_root, progress=progress)
+                         Path(config.val_ann), Path(config.image_dir),
+                         Path(config.val_image_dir) if config.val_image_dir else None)
+    if config.dataset == "coco":
+        return coco_standard_files(config)
+    if config.dataset != "synth":
+        raise InputError(f"unknown dataset {config.dataset!r}. Fix: synth, coco, or explicit labeled_ann / val_ann / "
+                         "image_dir files.")
+    if config.scale == "paper":
+        raise InputError("the paper scale trains on COCO or VOC, not on the embedded benchmark. Fix: set dataset=coco "
+                         "(folds made by `ssod data split-coco`) or explicit labeled_ann / val_ann / image_dir.")
+    paths = ensure_benchmark(config.scale, data_root=config.data_root, progress=progress)
     return DataFiles(paths.fold(fold=config.fold, percent=config.percent),
                      paths.fold(fold=config.fold, percent=config.percent, unlabeled=True),
                      paths.annotations("val"), paths.image_dir)
+
+
+def coco_standard_files(config: TrainConfig) -> DataFiles:
+    """``{root}/coco/annotations/semi/instances_train2017.{fold}@{percent}[-unlabeled].json``,
+    ``{root}/coco/annotations/instances_val2017.json``, images in ``{root}/coco/train2017`` and
+    ``val2017`` (``root``: data_root, ``$SSOD_DATA_ROOT`` or ``./data``)."""
+    root = Path(config.data_root) if config.data_root else default_data_root()
+    coco = root / "coco"
+    labeled, unlabeled = split_file_names("instances_train2017", fold=config.fold, percent=config.percent)
+    files = DataFiles(coco / "annotations" / "semi" / labeled, coco / "annotations" / "semi" / unlabeled,
+                      coco / "annotations" / "instances_val2017.json", coco / "train2017", coco / "val2017")
+    for path in (files.labeled_ann, files.unlabeled_ann, files.val_ann, files.image_dir, files.val_image_dir):
+        if not path.exists():
+            raise InputError(f"{path}: not found. Fix: put COCO 2017 under {coco} and make the folds with `ssod data "
+                             f"split-coco {coco}/annotations/instances_train2017.json --out-dir {coco}/annotations/semi`.")
+    return files
 
 
 def _mapped(boxes: Tensor, labels: Tensor, matrix: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:

@@ -138,7 +138,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, out_dir: str | os.PathLike, resume: bool = False,
                  progress: bool = True) -> None:
-        self.config, self.out_dir, self.resume, self.progress = config, Path(out_dir), resume, progress
+        self.config, self.out_dir, self.resume = config, Path(out_dir), resume
+        self.progress = progress and not os.environ.get("TQDM_DISABLE")  # headless runs switch bars off
         self.device = resolve_device(config.device)
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.device.type == "cuda":
@@ -234,7 +235,7 @@ class Trainer:
         if state.teacher is not None and state.iteration > c.burn_in:  # teacher := student happens at step burn_in
             models["teacher"] = state.teacher
         for name, model in models.items():
-            m = evaluate_detector(model, ann_file=self.files.val_ann, image_dir=self.files.image_dir,
+            m = evaluate_detector(model, ann_file=self.files.val_ann, image_dir=self.files.val_images,
                                   test_scale=c.test_scale, max_size=c.max_size, device=self.device,
                                   max_images=c.eval_images, amp_dtype=amp_dtype(c)).to_dict()
             out[name] = {k: m[k] for k in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")}

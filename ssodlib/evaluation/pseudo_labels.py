@@ -102,6 +102,7 @@ class PseudoLabelStats:
             "pl_mean_iou_tp": self.tp_iou_sum / self.tp if self.tp else nan,
             "roi_tp": self.roi_tp, "roi_fp": self.roi_fp, "roi_fn": self.roi_fn,
             "pl_per_class": self.pseudo_per_class.tolist(),
+            "gt_per_class": self.gt_per_class.tolist(),
         }
         if self.labeled_class_prior is not None and self.pseudo:
             out["pl_class_kl"] = class_kl(self.pseudo_per_class, self.labeled_class_prior)
