@@ -67,4 +67,28 @@ def test_demo_main_job_at_smoke_scale(tmp_path, capsys):
     assert summary["kl_labeled_vs_unlabeled_classes"] >= 0
     for name in ("class_distribution.png", "samples.png", "views.png"):
         assert (out / name).stat().st_size > 1000
-    assert "class-distribution KL" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "class-distribution KL" in printed
+    # the baselines notebook ran at smoke scale: executed copy next to the results, records, report
+    assert (out / "notebooks" / "00_baselines-smoke.ipynb").is_file()
+    assert len(list((out / "results" / "records").glob("*.json"))) == 2
+    table = (out / "results" / "reports" / "baselines" / "smoke" / "table1.csv").read_text()
+    assert table.splitlines()[0] == "table1,10%" and "Supervised" in printed and "Pseudo-label" in table
+
+
+def test_experiments_list_counts_and_shows_what_is_done(tmp_path, capsys, monkeypatch):
+    from ssodlib.experiments import ResultsStore, plan
+
+    monkeypatch.delenv("SSOD_PAPERS_DIR", raising=False)
+    specs = plan("baselines", "all", "smoke")
+    assert main(["experiments", "list", "--paper", "baselines", "--scale", "smoke", "--count"]) == 0
+    assert capsys.readouterr().out == f"{len(specs)}\n" and len(specs) == 2
+    assert main(["experiments", "list", "--paper", "baselines", "--scale", "mini", "--table", "table1", "--folds", "1",
+                 "--count"]) == 0
+    assert capsys.readouterr().out == "4\n"  # 2 rows x 2 columns x 1 fold
+    ResultsStore(tmp_path).put(specs[0].key, {"final": {}})
+    assert main(["experiments", "list", "--paper", "baselines", "--scale", "smoke", "--results-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"0\tdone\t{specs[0].describe()}", f"1\ttodo\t{specs[1].describe()}"]
+    assert main(["experiments", "list", "--paper", "nosuch", "--scale", "smoke"]) == 2
+    assert "baselines" in capsys.readouterr().err  # the known papers are listed

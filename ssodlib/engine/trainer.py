@@ -180,7 +180,11 @@ class Trainer:
         """Start from another run's snapshot (see ``TrainConfig.init_from``) and copy its log up to there."""
         path = Path(self.config.init_from)
         ckpt = load_checkpoint(path, map_location=self.device)
-        theirs, ours = ckpt["config"], config_dict(self.config)
+        # a field the snapshot's version did not have yet took its default value
+        theirs = {**config_dict(TrainConfig()), **ckpt["config"]}
+        ours = config_dict(self.config)
+        for cfg in (theirs, ours):  # only the learning-rate steps already taken must agree
+            cfg["lr_steps"] = [s for s in cfg.get("lr_steps") or () if s <= int(ckpt["iteration"])]
         differ = [k for k in SHARED_PREFIX_FIELDS if _normal(theirs.get(k)) != _normal(ours.get(k))]
         if differ:
             raise InputError(f"{path}: made with different {differ}. Fix: use a snapshot of a run with the same "

@@ -1,8 +1,9 @@
-"""The main job of ``make demo``: the embedded benchmark and its report.
+"""The main job of ``make demo``: embedded benchmark -> baselines notebook -> report.
 
-It grows with the library: today it generates (or reuses) the benchmark, checks that a labeled fold
-and its unlabeled complement share one class distribution, and draws the data and the two views a
-mean teacher sees.
+It generates (or reuses) the benchmark, checks that a labeled fold and its unlabeled complement share
+one class distribution, draws the data and the two views a mean teacher sees, then executes
+``notebooks/00_baselines.ipynb`` with papermill at the same scale (Supervised and the pseudo-label
+mean teacher on one fold), which trains into ``{out}/results`` and renders the tables and figures.
 """
 
 from __future__ import annotations
@@ -54,8 +55,35 @@ def plot_views(image: torch.Tensor, boxes: torch.Tensor, out_path: Path, *, seed
     return out_path
 
 
+def notebooks_dir() -> Path:
+    """``$SSOD_NOTEBOOKS_DIR``, else the repository's ``notebooks/`` folder."""
+    env = os.environ.get("SSOD_NOTEBOOKS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "notebooks"
+
+
+# the demo's slice of the baselines notebook at each scale: one fold, one labeled fraction
+DEMO_COLUMNS = {"smoke": ["10%"], "mini": ["5%"]}
+
+
+def run_baselines_notebook(*, scale: str, out: Path, data_root: str | os.PathLike | None = None,
+                           progress: bool = True) -> Path:
+    """Execute the baselines notebook into ``{out}/notebooks`` (never over the source); results in
+    ``{out}/results``, tables and figures in ``{out}/results/reports``."""
+    import papermill
+
+    source = notebooks_dir() / "00_baselines.ipynb"
+    executed = out / "notebooks" / f"00_baselines-{scale}.ipynb"
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    params = dict(TABLE="all", SCALE=scale, FOLDS=[1], COLUMNS=DEMO_COLUMNS[scale],
+                  RESULTS_DIR=str((out / "results").resolve()),
+                  DATA_ROOT=str(Path(data_root).resolve()) if data_root else None)
+    papermill.execute_notebook(str(source), str(executed), parameters=params, kernel_name="python3",
+                               progress_bar=progress, cwd=str(source.parent))
+    return executed
+
+
 def run_demo(*, scale: str, out: Path, data_root: str | os.PathLike | None = None, progress: bool = True,
-             fold: int = 1, percent: float = 5.0) -> dict:
+             fold: int = 1, percent: float = 5.0, with_baselines: bool = True) -> dict:
     paths = ensure_benchmark(scale, data_root=data_root, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     train = load_coco(paths.annotations("train"))
@@ -79,7 +107,13 @@ def run_demo(*, scale: str, out: Path, data_root: str | os.PathLike | None = Non
     }
     write_json(out / "summary.json", summary, indent=2)
     print(_table(stats, kl, fold=fold, percent=percent))
-    print(f"figures and summary.json in {out}")
+    print(f"data figures and summary.json in {out}")
+    if with_baselines:
+        data_root = data_root if data_root is not None else paths.root.parent
+        executed = run_baselines_notebook(scale=scale, out=out, data_root=data_root, progress=progress)
+        reports = out / "results" / "reports" / "baselines" / scale
+        print((reports / "table1.csv").read_text())
+        print(f"executed notebook: {executed}\ntables and figures: {reports}")
     return summary
 
 
@@ -93,4 +127,4 @@ def _table(stats: dict, kl: float, *, fold: int, percent: float) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["plot_views", "run_demo"]
+__all__ = ["notebooks_dir", "plot_views", "run_baselines_notebook", "run_demo"]

@@ -165,6 +165,9 @@ def _item_runs(decl: Declarations, item: Item, scale: str, *, folds: list[int] |
             for row in item.rows:
                 config = _config(scale, row, col, at_scale, fold, overrides, where=f"{decl.path} ({item.id})")
                 source = row.get("burn_in_from")
+                if source and source not in [r["name"] for r in item.rows]:
+                    raise InputError(f"{decl.path}: item {item.id!r}, row {row['name']!r}: burn_in_from {source!r} "
+                                     f"is not a row of the item. Fix: name one of {[r['name'] for r in item.rows]}.")
                 share = run_key(_config(scale, item.row(source), col, at_scale, fold, overrides,
                                         where=str(decl.path))) if source else None
                 out.append(RunSpec(paper=decl.paper, item=item.id, row=row["name"], column=col["name"], fold=fold,

@@ -24,7 +24,7 @@ from ssodlib.io import InputError, read_json, write_json
 
 
 def run_plan(specs: list[RunSpec], *, run_index: int | None = None, results_dir: str | os.PathLike | None = None,
-             data_root: str | None = None, device: str = "auto", processes: int = 1,
+             data_root: str | None = None, device: str | None = None, processes: int = 1,
              progress: bool = True) -> list[dict[str, Any]]:
     """Run every missing run in turn (``run_index=None``), only run ``run_index`` (an array task), or
     none (``-1``). Returns the records of the runs it was asked for."""
@@ -41,7 +41,7 @@ def run_plan(specs: list[RunSpec], *, run_index: int | None = None, results_dir:
             for s in chosen]
 
 
-def run_one(spec: RunSpec, *, store: ResultsStore, data_root: str | None = None, device: str = "auto",
+def run_one(spec: RunSpec, *, store: ResultsStore, data_root: str | None = None, device: str | None = None,
             processes: int = 1, progress: bool = True) -> dict[str, Any]:
     """Train one run unless its record exists; write the record atomically when it has finished."""
     done = store.get(spec.key)
@@ -60,15 +60,15 @@ def run_one(spec: RunSpec, *, store: ResultsStore, data_root: str | None = None,
               "torch": torch.__version__, "device": config.device,
               "started_from": config.init_from and str(config.init_from)}
     store.put(spec.key, record)
-    return record
+    return store.get(spec.key)  # as a later call returns it: with its key, tuples as lists
 
 
-def _runtime_config(spec: RunSpec, *, store: ResultsStore, out: Path, data_root: str | None, device: str):
+def _runtime_config(spec: RunSpec, *, store: ResultsStore, out: Path, data_root: str | None, device: str | None):
     """Where to read data, which device, and whether to start from the burn-in snapshot of the run
     ``spec.burn_in_from`` (only for a fresh run folder: a started run resumes its own checkpoint)."""
     c = spec.config
-    runtime: dict[str, Any] = {"data_root": data_root, "device": device,
-                               "snapshots": tuple(sorted({*c.snapshots, c.burn_in}))}
+    runtime: dict[str, Any] = {"data_root": data_root if data_root is not None else c.data_root,
+                               "device": device or c.device, "snapshots": tuple(sorted({*c.snapshots, c.burn_in}))}
     snapshot = store.run_dir(spec.burn_in_from) / f"checkpoint-{c.burn_in}.pt" if spec.burn_in_from else None
     if snapshot is not None and snapshot.is_file() and not (out / CHECKPOINT_NAME).is_file():
         runtime["init_from"] = str(snapshot)

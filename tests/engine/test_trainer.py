@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from ssodlib.engine.checkpoint import load_checkpoint
-from ssodlib.engine.config import parse_overrides, train_config
+from ssodlib.engine.config import TrainConfig, parse_overrides, train_config
 from ssodlib.engine.ema import ema_update
 from ssodlib.engine.trainer import (
     STOP_FILE_ENV,
@@ -222,3 +222,51 @@ def test_a_shared_supervised_burn_in_gives_the_same_run_as_its_own(smoke_config,
     with pytest.raises(InputError, match="past this run's burn-in"):
         Trainer(train_config("smoke", iterations=4, init_from=str(snapshot), **{**base, "burn_in": 1}),
                 out_dir=tmp_path / "bad2", progress=False).run()
+
+
+@pytest.fixture(scope="module")
+def later_step_snapshot(smoke_benchmark, tmp_path_factory):
+    """A supervised run's snapshot at iteration 2; its schedule steps the learning rate later, at 3."""
+    out = tmp_path_factory.mktemp("later-step")
+    cfg = train_config("smoke", method="supervised", data_root=str(smoke_benchmark.root.parent), iterations=4,
+                       burn_in=2, lr_steps=(3,), snapshots=(2,), eval_every=100, checkpoint_every=100, threads=1)
+    Trainer(cfg, out_dir=out, progress=False).run(stop_at=2)
+    return out / "checkpoint-2.pt"
+
+
+def _from_snapshot(snapshot, data_root, **overrides):
+    return train_config("smoke", data_root=data_root, iterations=4, burn_in=2, eval_every=100, checkpoint_every=100,
+                        threads=1, init_from=str(snapshot), **overrides)
+
+
+def test_init_from_compares_only_the_lr_steps_taken_by_the_snapshot(later_step_snapshot, smoke_config, tmp_path):
+    from ssodlib.io import InputError
+
+    assert load_checkpoint(later_step_snapshot)["iteration"] == 2
+    for i, steps in enumerate([(), (4,), (3, 5)]):  # no step at or before iteration 2, as in the snapshot's run
+        trainer = Trainer(_from_snapshot(later_step_snapshot, smoke_config.data_root, lr_steps=steps),
+                          out_dir=tmp_path / f"ok{i}", progress=False)
+        assert trainer.run(stop_at=2) == {} and trainer.state.iteration == 2  # started at the snapshot
+    for i, steps in enumerate([(1,), (2,), (1, 3)]):  # a step the snapshot's run did not take (2: taken at 2)
+        with pytest.raises(InputError, match="different \\['lr_steps'\\]"):
+            Trainer(_from_snapshot(later_step_snapshot, smoke_config.data_root, lr_steps=steps),
+                    out_dir=tmp_path / f"bad{i}", progress=False).run(stop_at=2)
+
+
+def test_init_from_a_snapshot_saved_before_a_field_existed(later_step_snapshot, smoke_config, tmp_path):
+    from ssodlib.engine.checkpoint import save_checkpoint
+    from ssodlib.io import InputError
+
+    for field in ("dataset", "lr"):
+        ckpt = load_checkpoint(later_step_snapshot)
+        del ckpt["config"][field]  # as an older version of the package saved it
+        save_checkpoint(tmp_path / f"no-{field}" / "checkpoint-2.pt", ckpt)
+    # a missing field had its default value: dataset "synth" is ours too ...
+    trainer = Trainer(_from_snapshot(tmp_path / "no-dataset" / "checkpoint-2.pt", smoke_config.data_root),
+                      out_dir=tmp_path / "ok", progress=False)
+    assert trainer.run(stop_at=2) == {} and trainer.state.iteration == 2
+    # ... but the default lr 0.02 is not the smoke scale's 0.01
+    assert smoke_config.lr != TrainConfig().lr
+    with pytest.raises(InputError, match="different \\['lr'\\]"):
+        Trainer(_from_snapshot(tmp_path / "no-lr" / "checkpoint-2.pt", smoke_config.data_root),
+                out_dir=tmp_path / "bad", progress=False).run(stop_at=2)

@@ -1,0 +1,220 @@
+"""Planning: a declaration's rows x columns x folds become runs with resolved configs and stable keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from pathlib import Path
+
+import pytest
+
+from ssodlib.engine.config import TrainConfig, train_config
+from ssodlib.experiments.plan import RUNTIME_FIELDS, load_declarations, plan, plan_items, run_key, with_runtime
+from ssodlib.experiments.reference import published
+from ssodlib.io import InputError
+
+# lr: scale 0.07 < column "1%" 0.05 < row Sup 0.03; seed: scale 3 < column "1%" 7
+TINY = """
+paper: tiny
+title: Tiny
+items:
+  - id: t1
+    kind: table
+    rows:
+      - {name: Sup, method: supervised, set: {lr: 0.03}}
+      - {name: PL, method: pseudo_label, burn_in_from: Sup, set: {unsup_weight: 3.0}}
+    columns:
+      - {name: "1%", set: {percent: 1, lr: 0.05, seed: 7}}
+      - {name: "5%", set: {percent: 5}}
+    scales:
+      smoke: {columns: ["1%", "5%"], folds: [1, 2], set: {lr: 0.07, seed: 3, weight_decay: 0.0005, iterations: 6}}
+      mini: {}
+  - id: f1
+    kind: figure
+    plots: [ap_per_iou]
+    rows:
+      - {name: PL, method: pseudo_label, burn_in_from: Sup, set: {unsup_weight: 3.0}}
+      - {name: Sup, method: supervised, set: {lr: 0.03}}
+    columns:
+      - {name: "5%", set: {percent: 5}}
+    scales:
+      smoke: {folds: [1], set: {lr: 0.07, seed: 3, weight_decay: 0.0005, iterations: 6}}
+"""
+
+BROKEN = """
+paper: broken
+items:
+  - id: badkey
+    rows: [{name: Sup, method: supervised, set: {lrr: 0.1}}]
+    columns: [{name: "5%", set: {percent: 5}}]
+    scales: {smoke: {}}
+  - id: badsource
+    rows: [{name: PL, method: pseudo_label, burn_in_from: Supervised}]
+    columns: [{name: "5%", set: {percent: 5}}]
+    scales: {smoke: {}}
+"""
+
+
+@pytest.fixture
+def papers(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "papers"
+    for name, text in (("tiny", TINY), ("broken", BROKEN)):
+        (root / name).mkdir(parents=True)
+        (root / name / "experiments.yaml").write_text(text)
+    monkeypatch.setenv("SSOD_PAPERS_DIR", str(root))
+    return root
+
+
+def _by_cell(specs):
+    return {(s.row, s.column, s.fold): s for s in specs}
+
+
+def test_rows_columns_and_folds_make_the_runs(papers):
+    specs = plan("tiny", "t1", "smoke")
+    cells = _by_cell(specs)
+    assert len(specs) == len(cells) == 8  # 2 rows x 2 columns x 2 folds
+    assert set(cells) == set(itertools.product(["Sup", "PL"], ["1%", "5%"], [1, 2]))
+    assert len({s.key for s in specs}) == 8
+    for (row, column, fold), s in cells.items():
+        assert (s.paper, s.item) == ("tiny", "t1")
+        assert s.config.method == {"Sup": "supervised", "PL": "pseudo_label"}[row]
+        assert s.config.percent == {"1%": 1, "5%": 5}[column]
+        assert s.config.fold == fold and s.config.scale == "smoke"
+        assert s.config.iterations == 6 and s.config.weight_decay == 0.0005  # from the scale's set
+        assert s.key == run_key(s.config) and s.key.startswith(f"{s.config.method}-{column[:-1]}pct-f{fold}-")
+    assert cells["PL", "5%", 1].config.unsup_weight == 3.0
+    assert cells["Sup", "5%", 1].config.unsup_weight == train_config("smoke").unsup_weight
+
+
+def test_row_set_wins_over_column_set_wins_over_scale_set(papers):
+    cells = _by_cell(plan("tiny", "t1", "smoke"))
+    #                       (lr, seed)
+    expected = {("Sup", "1%"): (0.03, 7),  # row lr, column seed
+                ("Sup", "5%"): (0.03, 3),  # row lr, scale seed
+                ("PL", "1%"): (0.05, 7),  # column lr and seed
+                ("PL", "5%"): (0.07, 3)}  # scale lr and seed
+    for (row, column), (lr, seed) in expected.items():
+        for fold in (1, 2):
+            c = cells[row, column, fold].config
+            assert (c.lr, c.seed) == (lr, seed), (row, column, fold)
+
+
+def test_explicit_overrides_win_over_every_set(papers):
+    specs = plan("tiny", "t1", "smoke", overrides={"lr": 0.2, "seed": 11})
+    assert len(specs) == 8
+    assert {(s.config.lr, s.config.seed) for s in specs} == {(0.2, 11)}
+    plain = {s.key for s in plan("tiny", "t1", "smoke")}
+    assert plain.isdisjoint(s.key for s in specs)  # a different computation, a different key
+    cells = _by_cell(specs)
+    assert cells["PL", "1%", 2].burn_in_from == cells["Sup", "1%", 2].key  # the source gets the overrides too
+
+
+def test_chosen_columns_and_folds_and_default_folds(papers):
+    specs = plan("tiny", "t1", "smoke", columns=["5%"], folds=[3])
+    assert sorted((s.row, s.column, s.fold) for s in specs) == [("PL", "5%", 3), ("Sup", "5%", 3)]
+    mini = plan("tiny", "t1", "mini")  # no columns / folds declared: every column, fold 1
+    assert sorted((s.row, s.column, s.fold) for s in mini) == [
+        ("PL", "1%", 1), ("PL", "5%", 1), ("Sup", "1%", 1), ("Sup", "5%", 1)]
+    assert {s.config.scale for s in mini} == {"mini"} and {s.config.iterations for s in mini} == {
+        train_config("mini").iterations}
+
+
+def test_runs_that_start_from_a_burn_in_come_after_their_source_and_carry_its_key(papers):
+    for table in ("t1", "f1", "all"):
+        specs = plan("tiny", table, "smoke")
+        position = {s.key: i for i, s in enumerate(specs)}
+        cells = _by_cell(specs)
+        for (row, column, fold), s in cells.items():
+            if row == "Sup":
+                assert s.burn_in_from is None
+            else:
+                source = cells["Sup", column, fold]
+                assert s.burn_in_from == source.key
+                assert position[source.key] < position[s.key], table
+    # f1 declares PL before Sup; the plan still puts Sup first
+    assert [s.row for s in plan("tiny", "f1", "smoke")] == ["Sup", "PL"]
+
+
+def test_all_items_share_identical_runs_once(papers):
+    items = plan_items("tiny", "all", "smoke")
+    assert {k: len(v) for k, v in items.items()} == {"t1": 8, "f1": 2}
+    everything = plan("tiny", "all", "smoke")
+    assert len(everything) == 8  # f1's two runs are t1's 5% fold-1 runs
+    assert {s.key for s in items["f1"]} <= {s.key for s in items["t1"]}
+    assert {s.key for s in everything} == {s.key for s in items["t1"]}
+
+
+def test_run_key_ignores_runtime_fields_only():
+    assert RUNTIME_FIELDS <= {f.name for f in dataclasses.fields(TrainConfig)}
+    base = train_config("smoke", method="supervised")
+    key = run_key(base)
+    assert re.fullmatch(r"supervised-10pct-f1-[0-9a-f]{10}", key)
+    runtime = dict(data_root="/elsewhere", device="cpu", threads=1, eval_every=7, snapshots=(3, 5),
+                   init_from="/x/checkpoint-4.pt", num_workers=3, checkpoint_every=9, log_every=5)
+    for name, value in runtime.items():
+        assert run_key(dataclasses.replace(base, **{name: value})) == key, name
+    assert run_key(with_runtime(base, **runtime)) == key
+    changed = dict(lr=0.5, method_options={"score_thresh": 0.5}, seed=1, iterations=9, burn_in=3, amp="bf16",
+                   backbone="resnet18", dataset="coco", unsup_weight=1.0, lr_steps=(5,))
+    keys = {run_key(dataclasses.replace(base, **{name: value})) for name, value in changed.items()}
+    assert len(keys) == len(changed) and key not in keys
+    a = dataclasses.replace(base, method_options={"a": 1, "b": 2})
+    b = dataclasses.replace(base, method_options={"b": 2, "a": 1})
+    assert run_key(a) == run_key(b)  # dict order is not part of the run
+    with pytest.raises(ValueError, match="not runtime fields"):
+        with_runtime(base, lr=0.1)
+
+
+def test_unknown_table_scale_column_and_key_name_the_yaml_file(papers):
+    tiny = str(papers / "tiny" / "experiments.yaml")
+    broken = str(papers / "broken" / "experiments.yaml")
+    cases = [
+        (lambda: plan("tiny", "table9", "smoke"), tiny, "table9"),
+        (lambda: plan("tiny", "t1", "paper"), tiny, "'paper'"),
+        (lambda: plan("tiny", "all", "mini"), tiny, "'mini'"),  # f1 declares no mini runs
+        (lambda: plan("tiny", "t1", "smoke", columns=["50%"]), tiny, "'50%'"),
+        (lambda: plan("broken", "badkey", "smoke"), broken, "lrr"),
+        (lambda: plan("broken", "badsource", "smoke"), broken, "'Supervised'"),
+    ]
+    for call, path, detail in cases:
+        with pytest.raises(InputError) as e:
+            call()
+        assert path in str(e.value) and detail in str(e.value)
+    with pytest.raises(InputError, match="unknown configuration key"):
+        plan("tiny", "t1", "smoke", overrides={"iterationz": 3})
+
+
+def test_a_malformed_item_or_missing_paper_is_an_input_error(papers):
+    (papers / "bad").mkdir()
+    (papers / "bad" / "experiments.yaml").write_text("items:\n  - id: x\n    columns: []\n")  # no rows
+    with pytest.raises(InputError, match="malformed item"):
+        load_declarations("bad")
+    with pytest.raises(InputError) as e:
+        plan("nosuch", "all", "smoke")
+    assert str(papers / "nosuch" / "experiments.yaml") in str(e.value)
+    assert "['bad', 'broken', 'tiny']" in str(e.value)
+
+
+def test_the_baselines_declaration_plans_at_every_scale(monkeypatch):
+    monkeypatch.delenv("SSOD_PAPERS_DIR", raising=False)
+    counts = {scale: len(plan("baselines", "all", scale)) for scale in ("smoke", "mini", "paper")}
+    # table1: 2 rows x columns x folds; the figure's runs are table1's runs
+    assert counts == {"smoke": 2 * 1 * 1, "mini": 2 * 2 * 2, "paper": 2 * 3 * 5}
+    paper = plan("baselines", "all", "paper")
+    assert {s.config.dataset for s in paper} == {"coco"}
+    assert {s.config.percent for s in paper} == {1.0, 5.0, 10.0} and {s.config.fold for s in paper} == {1, 2, 3, 4, 5}
+
+
+def test_every_published_counterpart_of_the_baselines_resolves(monkeypatch):
+    monkeypatch.delenv("SSOD_PAPERS_DIR", raising=False)
+    decl = load_declarations("baselines")
+    checked = 0
+    for item in decl.items:
+        for row in item.rows:
+            for ref in row.get("reference") or []:
+                for column in item.scales["paper"]["columns"]:
+                    value = published(ref["paper"], ref["item"], ref["row"], ref.get("columns", {}).get(column, column))
+                    assert isinstance(value, float), (item.id, row["name"], ref, column)
+                    checked += 1
+    assert checked == 2 * 5 * 3  # two rows, five papers each, three columns

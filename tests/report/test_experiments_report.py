@@ -1,0 +1,190 @@
+"""Reports from hand-made records (no training): mean ± std over folds, published values, figures, and
+runs that are missing shown as missing."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from ssodlib.experiments.plan import load_declarations, plan_items
+from ssodlib.experiments.store import ResultsStore
+from ssodlib.report.experiments import render, results_frame, summary_table, versus_published
+
+EXPERIMENTS = """
+paper: rep
+items:
+  - id: tab
+    kind: table
+    metric: ap
+    model: teacher
+    rows:
+      - name: Sup
+        method: supervised
+        reference: [{paper: pub, item: t1, row: Supervised}]
+      - name: PL
+        method: pseudo_label
+        burn_in_from: Sup
+        reference: [{paper: pub, item: t1, row: Teacher, columns: {"1%": one percent, "5%": five percent}}]
+    columns:
+      - {name: "1%", set: {percent: 1}}
+      - {name: "5%", set: {percent: 5}}
+    scales:
+      smoke: {folds: [1, 2]}
+  - id: fig
+    kind: figure
+    plots: [pseudo_label_curves, ap_per_iou, class_distribution]
+    rows:
+      - {name: PL, method: pseudo_label}
+      - {name: Sup, method: supervised}
+    columns:
+      - {name: "1%", set: {percent: 1}}
+      - {name: "5%", set: {percent: 5}}
+    scales:
+      smoke: {folds: [1]}
+"""
+
+# "1%" of Teacher is a decoy: the PL row maps "1%" to the published column "one percent"
+REFERENCE = """
+paper: pub
+items:
+  - id: t1
+    rows:
+      - {name: Supervised, values: {"1%": 9.05, "5%": 18.47}}
+      - {name: Teacher, values: {"1%": 99.0, "one percent": 20.75, "five percent": 28.27}}
+"""
+
+CLASSES = ["a", "b", "c"]
+
+
+def _final(**ap: float) -> dict:
+    """Final metrics of the models given (e.g. student=0.2), AP per IoU 0.5 -> 2 AP, 0.95 -> AP / 2."""
+    return {model: {"ap": v, "ap50": 2 * v, "per_class_ap": {c: v for c in CLASSES},
+                    "ap_per_iou": {"0.5": 2 * v, "0.95": v / 2}} for model, v in ap.items()}
+
+
+# (row, column, fold) -> final metrics; not listed: not done. Sup 5% f2, PL 5% f1 and f2 are missing.
+DONE = {
+    ("Sup", "1%", 1): _final(student=0.20),
+    ("Sup", "1%", 2): _final(student=0.22),
+    ("Sup", "5%", 1): _final(student=0.30),
+    ("PL", "1%", 1): _final(student=0.10, teacher=0.25),  # scored by the teacher
+    ("PL", "1%", 2): _final(student=0.12, teacher=0.27),
+}
+
+# the pseudo-label run's diagnostics log: a burn-in record and an eval record carry no pseudo labels
+PL_LOG = [
+    {"iteration": 2, "kind": "train", "loss": 1.0},
+    {"iteration": 3, "kind": "train", "loss": 0.9, "pl_images": 2, "pl_precision": 0.5, "pl_recall": 0.25,
+     "pl_per_image": 1.5, "gt_per_image": 2.0, "pl_class_kl": 0.3, "gt_per_class": [1, 2, 1], "pl_per_class": [2, 0, 0]},
+    {"iteration": 4, "kind": "train", "loss": 0.8, "pl_images": 2, "pl_precision": 0.75, "pl_recall": 0.5,
+     "pl_per_image": 1.0, "gt_per_image": 1.0, "pl_class_kl": 0.1, "gt_per_class": [1, 0, 1], "pl_per_class": [1, 1, 0]},
+    {"iteration": 4, "kind": "eval", "student": {"ap": 0.1}},
+]
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    papers = tmp_path / "papers"
+    (papers / "rep").mkdir(parents=True)
+    (papers / "pub").mkdir()
+    (papers / "rep" / "experiments.yaml").write_text(EXPERIMENTS)
+    (papers / "pub" / "reference.yaml").write_text(REFERENCE)
+    monkeypatch.setenv("SSOD_PAPERS_DIR", str(papers))
+    items = plan_items("rep", "all", "smoke")
+    store = ResultsStore(tmp_path / "results")
+    specs = {(s.row, s.column, s.fold): s for runs in items.values() for s in runs}
+    for cell, final in DONE.items():
+        s = specs[cell]
+        store.put(s.key, {"row": s.row, "column": s.column, "fold": s.fold, "final": final})
+    log = store.run_dir(specs["PL", "1%", 1].key) / "metrics.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(json.dumps(r) + "\n" for r in PL_LOG))
+    return items, store, specs
+
+
+def test_summary_table_gives_mean_std_and_folds_done(setup):
+    items, store, _ = setup
+    item = load_declarations("rep").item("tab")
+    table = summary_table(item, results_frame(item, items["tab"], store))
+    assert list(table.columns) == ["tab", "1%", "5%"]
+    # Sup 1%: 20, 22 -> mean 21, std sqrt(((20-21)^2 + (22-21)^2) / 1) = 1.414
+    # PL 1% (teacher): 25, 27 -> 26 ± 1.41; Sup 5%: one fold of two, std 0
+    assert table.to_dict("records") == [
+        {"tab": "Sup", "1%": "21.00 ± 1.41 (2/2)", "5%": "30.00 ± 0.00 (1/2)"},
+        {"tab": "PL", "1%": "26.00 ± 1.41 (2/2)", "5%": "missing"},
+    ]
+
+
+def test_versus_published_maps_columns_and_takes_the_delta(setup):
+    items, store, _ = setup
+    item = load_declarations("rep").item("tab")
+    frame = versus_published(item, results_frame(item, items["tab"], store))
+    lines = {(r["row"], r["column"]): r for r in frame.to_dict("records")}
+    assert len(frame) == 4
+    expected = {  # (folds, reproduced, std, published, delta = reproduced - published)
+        ("Sup", "1%"): (2, 21.0, 1.41, 9.05, 11.95),
+        ("Sup", "5%"): (1, 30.0, 0.0, 18.47, 11.53),
+        ("PL", "1%"): (2, 26.0, 1.41, 20.75, 5.25),  # "one percent", not the decoy "1%"
+    }
+    for cell, (folds, mean, std, pub, delta) in expected.items():
+        r = lines[cell]
+        assert (r["folds"], r["published"]) == (folds, pub)
+        assert r["reproduced"] == pytest.approx(mean) and r["std"] == pytest.approx(std)
+        assert r["delta"] == pytest.approx(delta)
+    assert lines["Sup", "1%"]["source"] == "pub t1 'Supervised'" and lines["PL", "5%"]["source"] == "pub t1 'Teacher'"
+    missing = lines["PL", "5%"]  # published is known, nothing reproduced: no mean, no delta
+    assert missing["folds"] == 0 and missing["published"] == 28.27
+    assert math.isnan(missing["reproduced"]) and math.isnan(missing["delta"])
+
+
+def test_render_writes_tables_and_figures_and_lists_missing_runs(setup, tmp_path):
+    items, store, specs = setup
+    out = tmp_path / "report"
+    report = render(items, paper="rep", scale="smoke", results_dir=store.root, out_dir=out)
+    expected_missing = sorted({specs[c].key for c in specs} - {specs[c].key for c in DONE})
+    assert report.missing == expected_missing and len(expected_missing) == 3
+    assert set(report.tables) == {"tab_runs", "tab", "tab_vs_published", "fig_runs"}
+    for name, frame in report.tables.items():
+        saved = pd.read_csv(out / f"{name}.csv", keep_default_na=False)
+        assert list(saved.columns) == list(frame.columns) and len(saved) == len(frame)
+    assert pd.read_csv(out / "tab.csv").to_dict("records") == report.tables["tab"].to_dict("records")
+    runs = pd.read_csv(out / "tab_runs.csv")
+    assert len(runs) == 8 and runs["done"].sum() == 5
+    assert runs.loc[~runs["done"], "value"].isna().all()  # never an invented value
+    assert sorted(runs.loc[runs["done"], "value"].round(6)) == [20.0, 22.0, 25.0, 27.0, 30.0]
+
+    assert set(report.figures) == {"fig_pseudo_label_curves", "fig_ap_per_iou", "fig_class_distribution"}
+    for path in report.figures.values():
+        assert path.parent == out and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+
+    # AP per IoU of the three fig runs done (PL 5% f1 is missing): teacher of PL, student of Sup
+    iou = pd.read_csv(out / "fig_ap_per_iou.csv")
+    assert sorted(set(iou["run"])) == ["PL 1% f1", "Sup 1% f1", "Sup 5% f1"]
+    points = {(r["run"], r["iou"]): r["ap"] for r in iou.to_dict("records")}
+    assert points["PL 1% f1", 0.5] == pytest.approx(50.0) and points["PL 1% f1", 0.95] == pytest.approx(12.5)
+    assert points["Sup 5% f1", 0.5] == pytest.approx(60.0)
+
+    curves = pd.read_csv(out / "fig_pseudo_label_curves.csv")
+    assert set(curves["run"]) == {"PL 1% f1"}  # the only run whose log has pseudo labels
+    precision = curves[curves["curve"] == "pl_precision"]
+    assert list(precision["iteration"]) == [3, 4] and list(precision["value"]) == [0.5, 0.75]
+
+    # ground truth [1,2,1] + [1,0,1] = [2,2,2] -> 1/3 each; pseudo labels [2,0,0] + [1,1,0] = [3,1,0]
+    dist = pd.read_csv(out / "fig_class_distribution.csv")
+    fractions = {(r["series"], r["class"]): r["fraction"] for r in dist.to_dict("records")}
+    assert len(fractions) == 6
+    for c in CLASSES:
+        assert fractions["ground truth (unlabeled)", c] == pytest.approx(1 / 3)
+    assert [fractions["pseudo labels: PL 1% f1", c] for c in CLASSES] == pytest.approx([0.75, 0.25, 0.0])
+
+
+def test_render_with_nothing_done_writes_only_missing(setup, tmp_path):
+    items, _, specs = setup
+    report = render(items, paper="rep", scale="smoke", results_dir=tmp_path / "empty", out_dir=tmp_path / "out")
+    assert report.missing == sorted({s.key for s in specs.values()}) and report.figures == {}
+    assert set(report.tables["tab"]["1%"]) == {"missing"} and set(report.tables["tab"]["5%"]) == {"missing"}
+    assert report.tables["tab_vs_published"]["delta"].isna().all()
+    assert not list((tmp_path / "out").glob("*.png"))
