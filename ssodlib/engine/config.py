@@ -109,7 +109,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         unsup_weight=2.0, snapshots=(2000,), eval_every=500, checkpoint_every=250, log_every=20,
     ),
     "paper": dict(
-        backbone="resnet50", pretrained=True, fpn_channels=256, representation_size=1024,
+        dataset="coco", backbone="resnet50", pretrained=True, fpn_channels=256, representation_size=1024,
         anchor_sizes=(32, 64, 128, 256, 512), rpn_pre_nms_top_n=(2000, 1000), rpn_post_nms_top_n=(1000, 1000),
         roi_batch_size=512, train_scales=(640, 672, 704, 736, 768, 800), test_scale=800, max_size=1333,
         percent=1.0, iterations=180000, burn_in=2000, labeled_per_batch=8, unlabeled_per_batch=8, lr=0.01,

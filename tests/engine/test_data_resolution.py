@@ -59,7 +59,7 @@ def test_a_missing_coco_file_names_it_and_the_split_command(tmp_path, remove):
 
 def test_paper_scale_on_the_embedded_benchmark_and_unknown_datasets_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="paper scale trains on COCO or VOC.*dataset=coco"):
-        resolve_data(train_config("paper", data_root=str(tmp_path)))
+        resolve_data(train_config("paper", dataset="synth", data_root=str(tmp_path)))
     with pytest.raises(InputError, match="unknown dataset 'voc'"):
         resolve_data(train_config("smoke", dataset="voc", data_root=str(tmp_path)))
     assert not list(tmp_path.iterdir())  # nothing generated on the way
