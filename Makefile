@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SCALE ?= mini
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean-data
+.PHONY: demo test install slurm-deps bench clean-data
 
 install: $(STAMP)
 
@@ -23,8 +23,21 @@ $(STAMP): pyproject.toml requirements/lock.txt
 demo: $(STAMP)
 	$(BIN)/ssod demo --scale $(SCALE) --out runs/demo-$(SCALE)
 
-test: $(STAMP)
+test: $(STAMP) slurm-deps
 	$(BIN)/python -m pytest
+
+# tests/slurm starts a one-node SLURM cluster on localhost, so the test machine needs slurm-wlm and munge
+SLURM_BINARIES := sbatch slurmctld slurmd munged
+slurm-deps:
+	@missing=""; for b in $(SLURM_BINARIES); do command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "slurm-deps: installing slurm-wlm and munge (missing:$$missing)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge; \
+	else \
+		echo "slurm-deps: missing$$missing. Install as root: apt-get install -y --no-install-recommends slurm-wlm munge"; \
+		echo "slurm-deps: (Debian/Ubuntu; elsewhere the distribution's slurm and munge packages). Until then tests/slurm is skipped."; \
+	fi
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/data_pipeline.py

@@ -198,10 +198,52 @@ def _add_experiment_parsers(sub: argparse._SubParsersAction) -> None:
         if name == "run":
             p.add_argument("--index", type=int, default=None, help="only this run (an array task's index)")
             p.add_argument("--data-root", default=None)
-            p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+            p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
             p.add_argument("--processes", type=int, default=1, help="ranks per run (srun or torchrun)")
         if name == "report":
             p.add_argument("--out", type=Path, default=None, help="default: RESULTS/reports/PAPER/SCALE")
+
+
+def _cmd_slurm_submit(args: argparse.Namespace) -> None:
+    from ssodlib.experiments.slurm import submit
+    from ssodlib.experiments.store import default_results_dir
+
+    results = args.results_dir or default_results_dir()
+    runs = [int(i) for i in args.runs.split(",")] if args.runs else None
+    job = submit(notebook=args.notebook, paper=args.paper, table=args.table, scale=args.scale, results_dir=results,
+                 data_root=args.data_root, device=args.device, max_concurrent=args.max_concurrent,
+                 partition=args.partition, time_limit=args.time, gpus_per_task=args.gpus_per_task,
+                 processes=args.processes, signal_seconds=args.signal_seconds, extra_sbatch_args=args.sbatch_arg or (),
+                 run_indices=runs, report=not args.no_report, **_experiment_args(args))
+    print(f"array job {job.array_job_id} ({job.num_tasks} task(s)), report job {job.report_job_id or '-'}; "
+          f"logs in {Path(results) / 'slurm'}, executed notebooks in {Path(results) / 'notebooks'}")
+
+
+def _add_slurm_parsers(sub: argparse._SubParsersAction) -> None:
+    slurm = sub.add_parser("slurm", help="run a notebook's experiments on a SLURM cluster").add_subparsers(
+        dest="slurm_command", required=True)
+    p = slurm.add_parser("submit", help="one job-array task per run, then the report job (see slurm/README.md)")
+    p.add_argument("notebook", type=Path, help="e.g. notebooks/00_baselines.ipynb")
+    p.add_argument("--paper", required=True, help="the notebook's paper, a folder of papers/, e.g. baselines")
+    p.add_argument("--table", default="all", help="a table or figure id, or all")
+    p.add_argument("--scale", choices=("smoke", "mini", "paper"), default="mini")
+    p.add_argument("--folds", default=None, help="comma-separated folds (default: the declared ones)")
+    p.add_argument("--columns", default=None, help="comma-separated columns (default: the declared ones)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field of every run")
+    p.add_argument("--results-dir", type=Path, default=None, help="default: $SSOD_RESULTS_DIR or ./results")
+    p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--runs", default=None, help="comma-separated run indices to submit (default: every run)")
+    p.add_argument("--max-concurrent", type=int, default=4, help="array tasks running at once")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--time", default=None, help="time limit per task, e.g. 2-00:00:00")
+    p.add_argument("--gpus-per-task", type=int, default=0)
+    p.add_argument("--processes", type=int, default=1, help="ranks (GPUs) per run, started with srun")
+    p.add_argument("--signal-seconds", type=int, default=120, help="checkpoint and requeue this long before the limit")
+    p.add_argument("--no-report", action="store_true", help="submit the runs only")
+    p.add_argument("--sbatch-arg", action="append", metavar="=ARG",
+                   help="extra sbatch option for every job, written with '=': --sbatch-arg=--qos=low")
+    p.set_defaults(func=_cmd_slurm_submit)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     _add_experiment_parsers(sub)
+    _add_slurm_parsers(sub)
 
     p = sub.add_parser("demo", help="the main job on the embedded benchmark")
     p.add_argument("--scale", choices=("smoke", "mini"), default="mini")
