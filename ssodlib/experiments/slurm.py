@@ -126,6 +126,17 @@ def run_sbatch(command: list[str], *, env: dict[str, str]) -> str:
     return done.stdout.strip().split(";")[0]
 
 
+def check_notebook_paper(notebook: Path, paper: str) -> None:
+    """The array has one task per run of ``paper``'s plan, so the notebook must plan the same paper
+    (its metadata ``ssodlib.paper``)."""
+    import nbformat
+
+    declared = nbformat.read(notebook, as_version=4).metadata.get("ssodlib", {}).get("paper")
+    if declared is not None and declared != paper:
+        raise InputError(f"{notebook}: runs the experiments of paper {declared!r}, not {paper!r}. "
+                         f"Fix: pass --paper {declared}.")
+
+
 def _check_inputs(*, notebook: Path, sbatch: str, python: str, max_concurrent: int, processes: int,
                   signal_seconds: int) -> None:
     if not notebook.is_file():
@@ -162,6 +173,7 @@ def submit(*, notebook: str | os.PathLike, paper: str, table: str, scale: str, r
     python = python or sys.executable
     _check_inputs(notebook=notebook, sbatch=sbatch, python=python, max_concurrent=max_concurrent,
                   processes=processes, signal_seconds=signal_seconds)
+    check_notebook_paper(notebook, paper)
     num_runs = count_runs(paper=paper, table=table, scale=scale, folds=folds, columns=columns, overrides=overrides)
     array, num_tasks = array_spec(num_runs=num_runs, run_indices=run_indices, max_concurrent=max_concurrent)
     results = Path(results_dir).resolve()

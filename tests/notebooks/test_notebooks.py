@@ -26,6 +26,9 @@ def test_there_are_notebooks():
 def test_notebook_structure(path):
     nb = nbformat.read(path, as_version=4)
     assert nb.metadata["kernelspec"]["name"] == "python3"
+    paper = nb.metadata["ssodlib"]["paper"]  # what `ssod slurm submit` checks --paper against
+    assert (ROOT / "papers" / paper / "experiments.yaml").is_file()
+    assert f'"{paper}"' in "\n".join(c.source for c in nb.cells)
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, "exactly one cell tagged 'parameters'"

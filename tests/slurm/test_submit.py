@@ -86,6 +86,8 @@ def test_errors_name_the_problem(fake_sbatch, tmp_path, monkeypatch):
     args = dict(paper="baselines", table="table1", scale="smoke", results_dir=tmp_path / "res", sbatch=str(fake_sbatch))
     with pytest.raises(InputError, match="notebook not found"):
         submit(notebook=tmp_path / "missing.ipynb", **args)
+    with pytest.raises(InputError, match="runs the experiments of paper 'baselines', not 'labelmatch'.*--paper baselines"):
+        submit(notebook=NOTEBOOK, **{**args, "paper": "labelmatch"})
     with pytest.raises(InputError, match=r"run indices \[7\]"):
         submit(notebook=NOTEBOOK, run_indices=[7], **args)
     with pytest.raises(InputError, match="not found on PATH.*make slurm-deps"):
