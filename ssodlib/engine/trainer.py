@@ -212,6 +212,7 @@ class Trainer:
             "optimizer": state.optimizer.state_dict(),
             "scheduler": state.scheduler.state_dict(),
             "scaler": state.scaler.state_dict(),
+            "method": self.method.state_dict(),
             "config": config_dict(self.config),
         }
 
@@ -255,8 +256,10 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         labeled = CocoDetection(ann_file=self.files.labeled_ann, image_dir=self.files.image_dir)
         state = self._build_state(labeled.num_classes)
+        resumed: dict[str, Any] | None = None
         if self.resume and (self.out_dir / CHECKPOINT_NAME).is_file():
-            self._load(state, load_checkpoint(self.out_dir / CHECKPOINT_NAME, map_location=self.device))
+            resumed = load_checkpoint(self.out_dir / CHECKPOINT_NAME, map_location=self.device)
+            self._load(state, resumed)
         else:
             if self.dist.is_main:
                 (self.out_dir / METRICS_NAME).unlink(missing_ok=True)
@@ -265,6 +268,9 @@ class Trainer:
                 self._init_from_snapshot(state)
         loader = build_loader(c, self.files, labeled=labeled, uses_unlabeled=self.method.uses_unlabeled,
                               start_batch=state.iteration, rank=self.dist.rank, world_size=self.dist.world_size)
+        self.method.setup(labeled=labeled, unlabeled=loader.dataset.unlabeled, config=c, device=self.device)
+        if resumed is not None:
+            self.method.load_state_dict(resumed.get("method") or {})
         step_module: nn.Module = _StepModule(state.student)
         if self.dist.world_size > 1:
             step_module = nn.parallel.DistributedDataParallel(

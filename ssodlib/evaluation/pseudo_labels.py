@@ -59,6 +59,7 @@ class PseudoLabelStats:
     roi_fn: int = 0
     pseudo_per_class: np.ndarray = field(default=None)  # type: ignore[assignment]
     gt_per_class: np.ndarray = field(default=None)  # type: ignore[assignment]
+    counts: dict[str, float] = field(default_factory=dict)  # method-specific, see add_counts
 
     def __post_init__(self) -> None:
         self.pseudo_per_class = np.zeros(self.num_classes, np.int64)
@@ -73,6 +74,12 @@ class PseudoLabelStats:
         self.tp_iou_sum += float(iou[tp].sum())
         self.pseudo_per_class += np.bincount(labels.cpu().numpy(), minlength=self.num_classes)
         self.gt_per_class += np.bincount(gt_labels.cpu().numpy(), minlength=self.num_classes)
+
+    def add_counts(self, **counts: float) -> None:
+        """Method-specific counts (e.g. ``reliable=3``), summed over calls and logged as
+        ``pl_{name}_per_image`` (the sum divided by the images given to :meth:`add_image`)."""
+        for name, value in counts.items():
+            self.counts[name] = self.counts.get(name, 0.0) + float(value)
 
     def add_rois(self, *, roi_boxes: Tensor, roi_labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
                  iou_threshold: float = 0.5) -> None:
@@ -104,6 +111,7 @@ class PseudoLabelStats:
             "pl_per_class": self.pseudo_per_class.tolist(),
             "gt_per_class": self.gt_per_class.tolist(),
         }
+        out.update({f"pl_{k}_per_image": v / self.images if self.images else nan for k, v in self.counts.items()})
         if self.labeled_class_prior is not None and self.pseudo:
             out["pl_class_kl"] = class_kl(self.pseudo_per_class, self.labeled_class_prior)
         return out

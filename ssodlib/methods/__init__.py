@@ -1,12 +1,14 @@
 """Training methods, one file each; ``METHODS`` maps a name to its class (no import side effects)."""
 
 from ssodlib.methods.base import Method, StepContext
+from ssodlib.methods.labelmatch import LabelMatch
 from ssodlib.methods.pseudo_label import PseudoLabel
 from ssodlib.methods.supervised import Supervised
 
 METHODS: dict[str, type[Method]] = {
     "supervised": Supervised,
     "pseudo_label": PseudoLabel,
+    "labelmatch": LabelMatch,
 }
 
 

@@ -6,8 +6,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
+from ssodlib.data.coco import CocoDetection
+from ssodlib.engine.config import TrainConfig
 from ssodlib.engine.data import Batch
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.io import InputError
@@ -50,6 +53,20 @@ class Method:
         if unknown:
             raise InputError(f"method {self.name!r} has no option(s) {unknown}. Fix: choose from {sorted(known)}.")
         self.options = self.Options(**options)
+
+    def setup(self, *, labeled: CocoDetection, unlabeled: CocoDetection | None, config: TrainConfig,
+              device: torch.device) -> None:
+        """Called by the trainer once per run before the first step (a resumed run calls it before
+        :meth:`load_state_dict`): the datasets and the run's configuration, for methods that need
+        labeled-set statistics or extra passes over unlabeled images. Default: nothing."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State that is not a function of the weights and the iteration (saved in checkpoints so a
+        resumed run continues exactly); tensors and plain values only. Default: none."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned. Default: nothing to restore."""
 
     def losses(self, student: nn.Module, ctx: StepContext, batch: Batch) -> dict[str, Tensor]:
         raise NotImplementedError

@@ -1,0 +1,476 @@
+"""Label Matching Semi-Supervised Object Detection (LabelMatch; Chen et al., CVPR 2022,
+https://arxiv.org/abs/2206.06608).
+
+A mean teacher whose pseudo labels are matched to the labeled data at two levels:
+
+* Re-distribution mean teacher (Eq. 4-6): adaptive label-distribution-aware confidence thresholds
+  (ACT). With ``E_c = n_c^l * N_u / N_l`` the number of class-``c`` boxes that ``N_u`` unlabeled
+  images should hold if they follow the labeled set's class prior and boxes per image, the
+  uncertain threshold ``t_c`` is the ``E_c``-th highest post-NMS teacher score of class ``c`` on a
+  random subset of ``N_u`` unlabeled images (Eq. 5) and the reliable threshold ``t_c^r`` the
+  ``alpha * E_c``-th (Eq. 6). They are what minimises the KL objective of Eq. 4, and are
+  re-estimated every ``K`` iterations (:func:`expected_counts`, :func:`act_thresholds`).
+* Eq. 8: teacher detections with score ``>= t_c^r`` are reliable pseudo boxes (hard classification
+  and box regression); those in ``[t_c, t_c^r)`` are uncertain. Student proposals IoU-assigned to an
+  uncertain box go through proposal self-assignment: mapped into the teacher's view, they pass the
+  teacher's RoI head and the student learns the teacher's class distribution by the soft
+  cross-entropy of Eq. 7 (:func:`self_assignment_loss`).
+* Reliable pseudo-label mining (RPLM, Sec. 3.3): an uncertain box whose evidence has mean score
+  ``>= T_score`` and mean IoU ``>= T_iou`` (0.8 / 0.8) becomes reliable. The paper's evidence is the
+  NMS cluster of the box (:func:`nms_cluster_statistics`, default); the official code's is the
+  teacher's refinement of the student proposals assigned to the box (``mining_source='proposals'``).
+
+Facts taken from the official code (HIK-LAB/SSOD) where the paper is silent: thresholds estimated
+before the first semi-supervised step and then every K = 1000 iterations on 10000 random unlabeled
+images; a class without labeled boxes counts as one box; each score index is capped at the last
+score and both thresholds are floored at 0.05 (a class without detections gets 0.05); without ACT a
+single fixed 0.9 (no uncertain boxes); alpha = 0.2; teacher temperature 0.5 and student temperature
+1.0 in Eq. 7, summed over the ``C + 1`` classes, weighted by ``1 - mined`` and divided by
+``images * roi_batch_size``; the RPN learns from reliable and uncertain boxes together (with box
+regression); the unlabeled loss weight is the trainer's ``unsup_weight`` (2.0 in LabelMatch).
+
+Choices of this implementation: RoIs are sampled by one IoU assignment against reliable and
+uncertain boxes together (the official code assigns the two sets separately and samples reliable
+positives first); a mined box's RoIs get the hard class and box regression and no soft loss (as
+the official code); an NMS cluster is the set of candidates a kept box suppressed, itself excluded,
+so a box that suppressed nothing is never mined. ACT runs the teacher at the test view
+(``test_scale``, no flip); under torch.distributed each rank scores a shard of the subset and the
+scores are gathered, so every rank gets the same thresholds. Thresholds are method state saved in
+checkpoints (:meth:`LabelMatch.state_dict`), so a resumed run uses exactly the thresholds an
+uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import clip_boxes_to_image
+
+from ssodlib.data.coco import CocoDetection
+from ssodlib.data.transforms import WeakViewConfig, transform_boxes, weak_view
+from ssodlib.engine.config import TrainConfig
+from ssodlib.engine.data import Batch
+from ssodlib.io import InputError
+from ssodlib.methods.base import Method, StepContext
+from ssodlib.methods.pseudo_label import to_student_view
+from ssodlib.models.detector import Detections, FasterRCNN, ImageBatch, RoIOutput, RoISamples
+from ssodlib.models.losses import soft_cross_entropy
+
+ASSIGNMENTS = ("ignore", "iou", "self")
+MINING_SOURCES = ("nms_cluster", "proposals")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabelMatchOptions:
+    """The paper's switches (ablations of Fig. 6 and 8) and the official code's constants."""
+
+    act: bool = True  # adaptive thresholds; off: ``fixed_threshold`` for every class
+    act_interval: int | None = 1000  # K; None: only the initial estimate (K = +inf in Fig. 6a)
+    act_images: int = 10000  # unlabeled images per estimate (all of them when fewer)
+    alpha: float = 0.2  # fraction of the expected boxes that are reliable (Eq. 6)
+    min_threshold: float = 0.05  # floor of both ACT thresholds
+    fixed_threshold: float = 0.9  # without ACT (the paper compares 0.7 / 0.8 / 0.9)
+    fixed_uncertain_threshold: float | None = None  # without ACT; None: no uncertain boxes (official code)
+    assignment: str = "self"  # uncertain boxes: "ignore", "iou" (hard class, no box loss), "self" (Eq. 7)
+    mining: bool = True  # reliable pseudo-label mining
+    mining_source: str = "nms_cluster"  # "nms_cluster" (paper) or "proposals" (official code)
+    mining_score: float = 0.8  # T_score
+    mining_iou: float = 0.8  # T_iou
+    teacher_temperature: float = 0.5
+    student_temperature: float = 1.0
+    rpn_regression: bool = True  # RPN box loss on reliable + uncertain boxes (official code)
+
+
+# -- maths (pure functions) -----------------------------------------------------------------------
+def expected_counts(class_counts: Tensor | np.ndarray | Sequence[int], *, num_labeled_images: int,
+                    num_images: int) -> Tensor:
+    """Expected boxes per class among ``num_images`` unlabeled images, ``(C,)`` float64:
+    ``num_images * boxes_per_image * r_c`` with the labeled set's boxes per image and class ratio
+    ``r_c`` (= ``n_c^l * N_u / N_l`` of Eq. 5); a class without labeled boxes counts as one box."""
+    n = torch.as_tensor(np.asarray(class_counts), dtype=torch.float64).clamp(min=1.0)
+    boxes_per_image = n.sum() / max(num_labeled_images, 1)
+    return num_images * boxes_per_image * (n / n.sum())
+
+
+def act_thresholds(scores: Sequence[Tensor], *, expected: Tensor, alpha: float,
+                   min_threshold: float = 0.05) -> tuple[Tensor, Tensor]:
+    """ACT thresholds (Eq. 6 and Eq. 5) from per-class lists of post-NMS teacher scores.
+
+    Args:
+        scores: ``C`` tensors ``(M_c,)``, the scores of every class-``c`` detection on the subset.
+        expected: ``(C,)`` expected boxes per class on the subset (:func:`expected_counts`).
+    Returns:
+        ``(C,)`` reliable thresholds ``s_c[int(alpha * E_c)]`` and ``(C,)`` uncertain thresholds
+        ``s_c[int(E_c)]`` with ``s_c`` sorted descending, each index capped at ``M_c - 1`` and each
+        threshold at least ``min_threshold`` (``min_threshold`` for a class without detections).
+    """
+    reliable, uncertain = [], []
+    for s, e in zip(scores, expected.tolist()):
+        s = torch.sort(s.detach().float().cpu().reshape(-1), descending=True).values
+        if s.numel() == 0:
+            s = torch.zeros(1)
+        last = s.numel() - 1
+        reliable.append(max(min_threshold, float(s[min(int(e * alpha), last)])))
+        uncertain.append(max(min_threshold, float(s[min(int(e), last)])))
+    return torch.tensor(reliable), torch.tensor(uncertain)
+
+
+def fixed_thresholds(num_classes: int, *, reliable: float, uncertain: float | None = None) -> tuple[Tensor, Tensor]:
+    """The single-threshold fallback without ACT: ``(C,)`` reliable and uncertain thresholds
+    (``uncertain=None``: equal to ``reliable``, so no box is uncertain)."""
+    low = reliable if uncertain is None else min(uncertain, reliable)
+    return torch.full((num_classes,), float(reliable)), torch.full((num_classes,), float(low))
+
+
+def act_update_due(*, iteration: int, burn_in: int, interval: int | None, last_update: int | None) -> bool:
+    """Whether ACT is (re-)estimated at ``iteration``: before the first use, then every ``interval``
+    iterations counted from the end of the burn-in (``interval=None``: never again)."""
+    if last_update is None:
+        return True
+    if interval is None or iteration == last_update:
+        return False
+    return (iteration - burn_in) % interval == 0
+
+
+def split_pseudo_labels(labels: Tensor, scores: Tensor, *, reliable_thresholds: Tensor,
+                        uncertain_thresholds: Tensor) -> tuple[Tensor, Tensor]:
+    """Masks ``(K,)`` of reliable (``score >= t^r_label``) and uncertain (``t_label <= score < t^r_label``)
+    detections, given ``(K,)`` labels in ``0..C-1`` and scores and ``(C,)`` thresholds."""
+    t_rel = reliable_thresholds.to(scores.device, scores.dtype)[labels]
+    t_unc = uncertain_thresholds.to(scores.device, scores.dtype)[labels]
+    reliable = scores >= t_rel
+    return reliable, (scores >= t_unc) & ~reliable
+
+
+def paired_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of row ``i`` of ``(N, 4)`` boxes ``a`` with row ``i`` of ``(N, 4)`` boxes ``b``: ``(N,)``."""
+    lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).clamp(min=0).prod(1)
+    return inter / (area(a) + area(b) - inter).clamp(min=1e-9)
+
+
+def group_mean(values: Tensor, index: Tensor, num_groups: int) -> Tensor:
+    """Mean of ``(N,)`` values per group ``index`` in ``0..num_groups-1``: ``(num_groups,)``, NaN if empty."""
+    values = values.float()
+    total = values.new_zeros(num_groups).index_add_(0, index, values)
+    count = values.new_zeros(num_groups).index_add_(0, index, torch.ones_like(values))
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
+
+
+def nms_cluster_statistics(*, boxes: Tensor, scores: Tensor, candidate_boxes: Tensor, candidate_scores: Tensor,
+                           cluster: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean score and mean IoU (with the kept box) of the candidates each kept box suppressed in NMS.
+
+    Args:
+        boxes, scores: ``(K, 4)`` / ``(K,)`` the kept (post-NMS) detections.
+        candidate_boxes, candidate_scores: ``(Q, 4)`` / ``(Q,)`` every pre-NMS candidate.
+        cluster: ``(Q,)`` index of the kept box that suppressed (or is) each candidate, -1 for none
+            (``Detections.cluster``).
+    Returns:
+        ``(K,)`` mean score and ``(K,)`` mean IoU; NaN for a box that suppressed nothing (the kept
+        box itself, the candidate identical to it, is not part of its cluster).
+    """
+    k = len(boxes)
+    if k == 0 or len(candidate_boxes) == 0:
+        nan = boxes.new_full((k,), float("nan"))
+        return nan, nan.clone()
+    idx = cluster.clamp(min=0)
+    own = (candidate_boxes == boxes[idx]).all(1) & (candidate_scores == scores[idx])
+    member = (cluster >= 0) & ~own
+    iou = paired_iou(candidate_boxes[member], boxes[idx[member]])
+    return group_mean(candidate_scores[member], idx[member], k), group_mean(iou, idx[member], k)
+
+
+def mining_mask(mean_score: Tensor, mean_iou: Tensor, *, score_thresh: float = 0.8, iou_thresh: float = 0.8) -> Tensor:
+    """RPLM: ``(K,)`` True where mean score ``>= score_thresh`` and mean IoU ``>= iou_thresh`` (NaN: False)."""
+    return (mean_score >= score_thresh) & (mean_iou >= iou_thresh)
+
+
+def self_assignment_loss(student_logits: Tensor, teacher_logits: Tensor, *, normalizer: float,
+                         weight: Tensor | None = None, teacher_temperature: float = 0.5,
+                         student_temperature: float = 1.0) -> Tensor:
+    """Eq. 7: ``sum_i w_i sum_c -softmax(t_i / T_t)_c log softmax(s_i / T_s)_c / normalizer`` over
+    ``(N, C + 1)`` student and teacher logits of the same ``N`` proposals (background included)."""
+    target = F.softmax(teacher_logits.detach().float() / teacher_temperature, dim=-1)
+    loss = soft_cross_entropy(student_logits.float() / student_temperature, target, reduction="none")
+    if weight is not None:
+        loss = loss * weight.to(loss)
+    return loss.sum() / normalizer
+
+
+# -- teacher passes -------------------------------------------------------------------------------
+@torch.no_grad()
+def teacher_class_scores(teacher: FasterRCNN, dataset: CocoDetection, indices: Sequence[int], *,
+                         view: WeakViewConfig, batch_size: int = 8) -> list[Tensor]:
+    """Post-NMS teacher scores on images ``indices`` of ``dataset`` seen at ``view``: ``C`` tensors."""
+    was_training = teacher.training
+    teacher.eval()
+    per_class: list[list[Tensor]] = [[] for _ in range(teacher.num_classes)]
+    g = torch.Generator()  # the test view (one scale, no flip) draws nothing that matters
+    for start in range(0, len(indices), batch_size):
+        images = [weak_view(dataset[i][0], view, g)[0] for i in indices[start:start + batch_size]]
+        for det in teacher.predict(images):
+            scores, labels = det.scores.float().cpu(), det.labels.cpu()
+            for c in labels.unique().tolist():
+                per_class[c].append(scores[labels == c])
+    teacher.train(was_training)
+    return [torch.cat(s) if s else torch.zeros(0) for s in per_class]
+
+
+def _gather_scores(scores: list[Tensor]) -> list[Tensor]:
+    """Concatenate every rank's per-class scores (identity in a single process)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return scores
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, scores)
+    return [torch.cat([g[c] for g in gathered]) for c in range(len(scores))]
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class PseudoBoxes:
+    """Pseudo boxes of one unlabeled image, reliable first: ``boxes`` ``(P, 4)`` in the student's
+    view, ``teacher_boxes`` ``(P, 4)`` the same boxes in the teacher's view, ``labels`` ``(P,)``;
+    the first ``num_reliable`` are reliable, the rest uncertain."""
+
+    boxes: Tensor
+    teacher_boxes: Tensor
+    labels: Tensor
+    num_reliable: int
+
+
+def _subset(rois: RoIOutput, samples: RoISamples, mask: Tensor) -> tuple[RoIOutput, RoISamples]:
+    """The RoIs under ``mask`` (over all images' samples) as one pseudo-image."""
+    rois_s = RoIOutput(rois.class_logits[mask], rois.box_deltas[mask], rois.features[mask], [int(mask.sum())])
+    cat = lambda xs: torch.cat(xs)[mask]
+    return rois_s, RoISamples([cat(samples.proposals)], [cat(samples.labels)], [cat(samples.matched_boxes)],
+                              [cat(samples.matched_index)])
+
+
+def _zero(t: Tensor) -> Tensor:
+    return t.sum() * 0.0
+
+
+# -- the method -----------------------------------------------------------------------------------
+class LabelMatch(Method):
+    """LabelMatch (see the module docstring): ACT pseudo labels split into reliable and uncertain
+    boxes, proposal self-assignment for the uncertain ones, reliable pseudo-label mining."""
+
+    name = "labelmatch"
+    uses_teacher = True
+    uses_unlabeled = True
+    Options = LabelMatchOptions
+
+    def __init__(self, *, options: dict[str, Any] | None = None) -> None:
+        super().__init__(options=options)
+        o = self.options
+        if o.assignment not in ASSIGNMENTS:
+            raise InputError(f"labelmatch assignment {o.assignment!r} is unknown. Fix: choose one of {ASSIGNMENTS}.")
+        if o.mining_source not in MINING_SOURCES:
+            raise InputError(f"labelmatch mining_source {o.mining_source!r} is unknown. Fix: choose one of "
+                             f"{MINING_SOURCES}.")
+        if o.act_interval is not None and o.act_interval < 1:
+            raise InputError("labelmatch act_interval must be at least 1. Fix: a positive K, or null for never.")
+        if not 0.0 <= o.alpha <= 1.0:
+            raise InputError(f"labelmatch alpha must lie in [0, 1], got {o.alpha}.")
+        self.reliable_thresholds: Tensor | None = None
+        self.uncertain_thresholds: Tensor | None = None
+        self.updated_at: int | None = None
+        self.class_counts: np.ndarray | None = None
+        self.num_labeled_images = 0
+        self.unlabeled: CocoDetection | None = None
+        self.config = TrainConfig()
+
+    # -- seam with the trainer --------------------------------------------------------------------
+    def setup(self, *, labeled: CocoDetection, unlabeled: CocoDetection | None, config: TrainConfig,
+              device: torch.device) -> None:
+        self.class_counts = labeled.coco.class_counts()
+        self.num_labeled_images = len(labeled)
+        self.unlabeled = unlabeled
+        self.config = config
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.reliable_thresholds is None:
+            return {}
+        return {"reliable_thresholds": self.reliable_thresholds.clone(),
+                "uncertain_thresholds": self.uncertain_thresholds.clone(), "updated_at": self.updated_at}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        self.reliable_thresholds = state["reliable_thresholds"].cpu()
+        self.uncertain_thresholds = state["uncertain_thresholds"].cpu()
+        self.updated_at = int(state["updated_at"])
+
+    # -- thresholds -------------------------------------------------------------------------------
+    def update_thresholds(self, teacher: FasterRCNN, *, iteration: int) -> None:
+        """Re-estimate ACT with ``teacher`` on a random subset of the unlabeled images, drawn from a
+        generator seeded by the run's seed and ``iteration``."""
+        if self.unlabeled is None or self.class_counts is None:
+            raise RuntimeError("LabelMatch with act=True needs setup(labeled=..., unlabeled=...) first (the trainer "
+                               "calls it); or set act=False.")
+        n = len(self.unlabeled)
+        k = min(self.options.act_images, n)
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + iteration)
+        subset = torch.randperm(n, generator=g)[:k].sort().values.tolist()
+        rank, world = _rank_world()
+        view = WeakViewConfig(scales=(self.config.test_scale,), max_size=self.config.max_size, flip_prob=0.0)
+        scores = _gather_scores(teacher_class_scores(teacher, self.unlabeled, subset[rank::world], view=view))
+        expected = expected_counts(self.class_counts, num_labeled_images=self.num_labeled_images, num_images=k)
+        self.reliable_thresholds, self.uncertain_thresholds = act_thresholds(
+            scores, expected=expected, alpha=self.options.alpha, min_threshold=self.options.min_threshold)
+        self.updated_at = iteration
+
+    def thresholds(self, teacher: FasterRCNN, *, iteration: int, num_classes: int) -> tuple[Tensor, Tensor]:
+        """``(C,)`` reliable and uncertain thresholds for this iteration (ACT updated when due)."""
+        o = self.options
+        if not o.act:
+            return fixed_thresholds(num_classes, reliable=o.fixed_threshold, uncertain=o.fixed_uncertain_threshold)
+        if act_update_due(iteration=iteration, burn_in=self.config.burn_in, interval=o.act_interval,
+                          last_update=self.updated_at):
+            self.update_thresholds(teacher, iteration=iteration)
+        return self.reliable_thresholds, self.uncertain_thresholds
+
+    # -- pseudo labels ----------------------------------------------------------------------------
+    @property
+    def _mines_by_cluster(self) -> bool:
+        return self.options.mining and self.options.mining_source == "nms_cluster"
+
+    def pseudo_boxes(self, det: Detections, *, matrix: Tensor, size: tuple[int, int], reliable_thresholds: Tensor,
+                     uncertain_thresholds: Tensor, ctx: StepContext, gt_boxes: Tensor,
+                     gt_labels: Tensor) -> PseudoBoxes:
+        """Split one image's teacher detections, mine by NMS cluster, log, map into the student view."""
+        o = self.options
+        reliable, uncertain = split_pseudo_labels(det.labels, det.scores, reliable_thresholds=reliable_thresholds,
+                                                  uncertain_thresholds=uncertain_thresholds)
+        mined = torch.zeros_like(uncertain)
+        if self._mines_by_cluster:
+            ms, mi = nms_cluster_statistics(boxes=det.boxes, scores=det.scores, candidate_boxes=det.candidate_boxes,
+                                            candidate_scores=det.candidate_scores, cluster=det.cluster)
+            mined = uncertain & mining_mask(ms, mi, score_thresh=o.mining_score, iou_thresh=o.mining_iou)
+            reliable, uncertain = reliable | mined, uncertain & ~mined
+        used = reliable | uncertain
+        ctx.stats.add_image(boxes=det.boxes[used], labels=det.labels[used], scores=det.scores[used],
+                            gt_boxes=gt_boxes, gt_labels=gt_labels)
+        ctx.stats.add_counts(reliable=int(reliable.sum()), uncertain=int(uncertain.sum()), mined=int(mined.sum()))
+        order = torch.cat([torch.where(reliable)[0], torch.where(uncertain)[0]])
+        teacher_boxes, labels = det.boxes[order], det.labels[order]
+        mapped, keep = to_student_view(teacher_boxes, matrix, size)
+        return PseudoBoxes(mapped[keep], teacher_boxes[keep], labels[keep], int(keep[: int(reliable.sum())].sum()))
+
+    # -- losses -----------------------------------------------------------------------------------
+    def losses(self, student: FasterRCNN, ctx: StepContext, batch: Batch) -> dict[str, Tensor]:
+        if ctx.burn_in or batch.num_unlabeled == 0:
+            return student.supervised_losses(batch.images, batch.boxes, batch.labels)
+        teacher = ctx.teacher
+        t_rel, t_unc = self.thresholds(teacher, iteration=ctx.iteration, num_classes=student.num_classes)
+        with torch.no_grad():
+            t_batch = teacher.preprocess(batch.weak)
+            t_feats = teacher.features(t_batch)
+            t_props, _ = teacher.proposals(teacher.rpn(t_feats, t_batch), t_batch)
+            dets = teacher.postprocess(teacher.roi_head(t_feats, t_props, t_batch), t_props, t_batch,
+                                       with_candidates=self._mines_by_cluster)
+        pseudo = [self.pseudo_boxes(det, matrix=m, size=tuple(s.shape[1:]), reliable_thresholds=t_rel,
+                                    uncertain_thresholds=t_unc, ctx=ctx, gt_boxes=gb, gt_labels=gl)
+                  for det, m, s, gb, gl in zip(dets, batch.teacher_to_student, batch.strong, batch.gt_weak_boxes,
+                                               batch.gt_weak_labels)]
+        targets, target_labels = [p.boxes for p in pseudo], [p.labels for p in pseudo]
+        n_lab = len(batch.images)
+        sb = student.preprocess(batch.images + batch.strong)
+        feats = student.features(sb)
+        rpn = student.rpn(feats, sb)
+        props, _ = student.proposals(rpn, sb)
+        samples = student.sample_rois(props, batch.boxes + targets, batch.labels + target_labels)
+        rois = student.roi_head(feats, samples.proposals, sb)
+        lab, unl = slice(0, n_lab), slice(n_lab, None)
+        out = {**student.rpn_loss(rpn.select(lab), batch.boxes),
+               **student.roi_loss(rois.select(lab), samples.select(lab))}
+        unsup = {**student.rpn_loss(rpn.select(unl), targets, regression=self.options.rpn_regression),
+                 **self.roi_losses(student, teacher, rois.select(unl), samples.select(unl), pseudo=pseudo,
+                                   t_feats=t_feats, t_batch=t_batch, matrices=batch.teacher_to_student, ctx=ctx)}
+        out.update({f"{k}_unsup": v * ctx.unsup_weight for k, v in unsup.items()})
+        for props_b, labels_b, gt_b, gt_l in zip(samples.proposals[unl], samples.labels[unl], batch.gt_strong_boxes,
+                                                 batch.gt_strong_labels):
+            ctx.stats.add_rois(roi_boxes=props_b, roi_labels=labels_b, gt_boxes=gt_b, gt_labels=gt_l)
+        return out
+
+    def roi_losses(self, student: FasterRCNN, teacher: FasterRCNN, rois: RoIOutput, samples: RoISamples, *,
+                   pseudo: list[PseudoBoxes], t_feats: dict[str, Tensor], t_batch: ImageBatch,
+                   matrices: list[Tensor], ctx: StepContext) -> dict[str, Tensor]:
+        """RoI losses of the unlabeled images (Eq. 8): hard classification of background, reliable and
+        mined RoIs (plus uncertain ones under ``assignment='iou'``), box regression of reliable and
+        mined RoIs, and Eq. 7 on the other uncertain RoIs under ``assignment='self'``."""
+        o = self.options
+        labels = torch.cat(samples.labels)
+        index = torch.cat(samples.matched_index)
+        n_rel = torch.cat([torch.full_like(m, p.num_reliable) for m, p in zip(samples.matched_index, pseudo)])
+        reliable = (index >= 0) & (index < n_rel)
+        uncertain = index >= n_rel
+        mined = torch.zeros_like(uncertain)
+        soft = _zero(rois.class_logits)
+        want_mining = o.mining and o.mining_source == "proposals"
+        if uncertain.any() and (o.assignment == "self" or want_mining):
+            t_logits, t_boxes = self._teacher_on_rois(teacher, samples, uncertain, t_feats=t_feats, t_batch=t_batch,
+                                                      matrices=matrices)
+            if want_mining:
+                mined[uncertain] = self._mine_by_proposals(samples, uncertain, pseudo, t_logits, t_boxes, ctx)
+            if o.assignment == "self":
+                soft = self_assignment_loss(
+                    rois.class_logits[uncertain], t_logits, weight=(~mined[uncertain]).float(),
+                    normalizer=len(pseudo) * student.config.roi_batch_size,
+                    teacher_temperature=o.teacher_temperature, student_temperature=o.student_temperature)
+        hard = (labels == 0) | reliable | mined | (uncertain if o.assignment == "iou" else torch.zeros_like(mined))
+        regress = reliable | mined
+        loss_cls = (student.roi_loss(*_subset(rois, samples, hard), regression=False)["loss_cls"] if hard.any()
+                    else _zero(rois.class_logits))
+        loss_box = _zero(rois.box_deltas)
+        if regress.any():  # the box loss of the detector, normalised by all sampled RoIs
+            loss_box = student.roi_loss(*_subset(rois, samples, regress))["loss_box"] * (regress.sum() / len(labels))
+        return {"loss_cls": loss_cls, "loss_box": loss_box, "loss_soft": soft}
+
+    @torch.no_grad()
+    def _teacher_on_rois(self, teacher: FasterRCNN, samples: RoISamples, mask: Tensor, *, t_feats: dict[str, Tensor],
+                         t_batch: ImageBatch, matrices: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The teacher's RoI head on the student RoIs under ``mask`` mapped into the teacher's view:
+        ``(S, C + 1)`` logits and ``(S, C + 1, 4)`` refined boxes (teacher view)."""
+        masks = mask.split([len(p) for p in samples.proposals])
+        mapped = []
+        for props, m, matrix, size in zip(samples.proposals, masks, matrices, t_batch.image_sizes):
+            inverse = torch.linalg.inv(matrix.double()).float().to(props.device)
+            mapped.append(clip_boxes_to_image(transform_boxes(props[m].float(), inverse), size))
+        t_rois = teacher.roi_head(t_feats, mapped, t_batch)
+        return t_rois.class_logits.float(), teacher.decode_boxes(t_rois, mapped).float()
+
+    def _mine_by_proposals(self, samples: RoISamples, uncertain: Tensor, pseudo: list[PseudoBoxes], t_logits: Tensor,
+                           t_boxes: Tensor, ctx: StepContext) -> Tensor:
+        """Official-code RPLM: per uncertain box, mean teacher probability of its class and mean IoU
+        of the teacher-refined RoIs assigned to it with the box; returns the ``(S,)`` mined flags."""
+        labels = torch.cat(samples.labels)[uncertain]
+        index = torch.cat(samples.matched_index)[uncertain]
+        image = torch.cat([torch.full_like(m, b) for b, m in enumerate(samples.matched_index)])[uncertain]
+        offsets = torch.tensor(np.cumsum([0] + [len(p.labels) for p in pseudo])[:-1], device=index.device)
+        box_id = offsets[image] + index  # into the concatenation of every image's pseudo boxes
+        own = torch.cat([p.teacher_boxes for p in pseudo]).to(t_boxes)[box_id]
+        refined = t_boxes[torch.arange(len(labels), device=labels.device), labels]
+        score = F.softmax(t_logits, -1).gather(1, labels[:, None]).squeeze(1)
+        total = int(offsets[-1]) + len(pseudo[-1].labels)
+        flags = mining_mask(group_mean(score, box_id, total), group_mean(paired_iou(own, refined), box_id, total),
+                            score_thresh=self.options.mining_score, iou_thresh=self.options.mining_iou)
+        ctx.stats.add_counts(mined=int(flags.sum()))
+        return flags[box_id]
+
+
+__all__ = ["LabelMatch", "LabelMatchOptions", "act_thresholds", "act_update_due", "expected_counts",
+           "fixed_thresholds", "mining_mask", "nms_cluster_statistics", "self_assignment_loss", "split_pseudo_labels"]
