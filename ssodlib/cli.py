@@ -178,6 +178,17 @@ def _cmd_experiments_report(args: argparse.Namespace) -> None:
     print(f"report files in {report.out_dir}")
 
 
+def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    """Which runs: a paper's table at a scale, optionally fewer folds or columns, with overrides."""
+    p.add_argument("--paper", required=True, help="a folder of papers/, e.g. baselines (a notebook's own paper)")
+    p.add_argument("--table", default="all", help="a table or figure id, or all")
+    p.add_argument("--scale", choices=("smoke", "mini", "paper"), default="mini")
+    p.add_argument("--folds", default=None, help="comma-separated folds (default: the declared ones)")
+    p.add_argument("--columns", default=None, help="comma-separated columns (default: the declared ones)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field of every run")
+    p.add_argument("--results-dir", type=Path, default=None, help="default: $SSOD_RESULTS_DIR or ./results")
+
+
 def _add_experiment_parsers(sub: argparse._SubParsersAction) -> None:
     exp = sub.add_parser("experiments", help="the runs of a paper's tables and figures").add_subparsers(
         dest="experiments_command", required=True)
@@ -185,13 +196,7 @@ def _add_experiment_parsers(sub: argparse._SubParsersAction) -> None:
                                  ("run", _cmd_experiments_run, "run missing runs (all, or one with --index)"),
                                  ("report", _cmd_experiments_report, "tables and figures from the results store")):
         p = exp.add_parser(name, help=helptext)
-        p.add_argument("--paper", required=True, help="a folder of papers/, e.g. baselines")
-        p.add_argument("--table", default="all", help="a table or figure id, or all")
-        p.add_argument("--scale", choices=("smoke", "mini", "paper"), default="mini")
-        p.add_argument("--folds", default=None, help="comma-separated folds (default: the declared ones)")
-        p.add_argument("--columns", default=None, help="comma-separated columns (default: the declared ones)")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field of every run")
-        p.add_argument("--results-dir", type=Path, default=None, help="default: $SSOD_RESULTS_DIR or ./results")
+        _add_plan_arguments(p)
         p.set_defaults(func=func)
         if name == "list":
             p.add_argument("--count", action="store_true", help="print only the number of runs")
@@ -224,13 +229,7 @@ def _add_slurm_parsers(sub: argparse._SubParsersAction) -> None:
         dest="slurm_command", required=True)
     p = slurm.add_parser("submit", help="one job-array task per run, then the report job (see slurm/README.md)")
     p.add_argument("notebook", type=Path, help="e.g. notebooks/00_baselines.ipynb")
-    p.add_argument("--paper", required=True, help="the notebook's paper, a folder of papers/, e.g. baselines")
-    p.add_argument("--table", default="all", help="a table or figure id, or all")
-    p.add_argument("--scale", choices=("smoke", "mini", "paper"), default="mini")
-    p.add_argument("--folds", default=None, help="comma-separated folds (default: the declared ones)")
-    p.add_argument("--columns", default=None, help="comma-separated columns (default: the declared ones)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field of every run")
-    p.add_argument("--results-dir", type=Path, default=None, help="default: $SSOD_RESULTS_DIR or ./results")
+    _add_plan_arguments(p)
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--runs", default=None, help="comma-separated run indices to submit (default: every run)")

@@ -58,7 +58,7 @@ from ssodlib.engine.config import TrainConfig
 from ssodlib.engine.data import Batch
 from ssodlib.io import InputError
 from ssodlib.methods.base import Method, StepContext
-from ssodlib.methods.pseudo_label import to_student_view
+from ssodlib.methods.pseudo_label import log_student_rois, student_pass, to_student_view
 from ssodlib.models.detector import Detections, FasterRCNN, ImageBatch, RoIOutput, RoISamples
 from ssodlib.models.losses import soft_cross_entropy
 
@@ -387,23 +387,13 @@ class LabelMatch(Method):
                   for det, m, s, gb, gl in zip(dets, batch.teacher_to_student, batch.strong, batch.gt_weak_boxes,
                                                batch.gt_weak_labels)]
         targets, target_labels = [p.boxes for p in pseudo], [p.labels for p in pseudo]
-        n_lab = len(batch.images)
-        sb = student.preprocess(batch.images + batch.strong)
-        feats = student.features(sb)
-        rpn = student.rpn(feats, sb)
-        props, _ = student.proposals(rpn, sb)
-        samples = student.sample_rois(props, batch.boxes + targets, batch.labels + target_labels)
-        rois = student.roi_head(feats, samples.proposals, sb)
-        lab, unl = slice(0, n_lab), slice(n_lab, None)
-        out = {**student.rpn_loss(rpn.select(lab), batch.boxes),
-               **student.roi_loss(rois.select(lab), samples.select(lab))}
-        unsup = {**student.rpn_loss(rpn.select(unl), targets, regression=self.options.rpn_regression),
-                 **self.roi_losses(student, teacher, rois.select(unl), samples.select(unl), pseudo=pseudo,
+        sp = student_pass(student, batch, targets, target_labels)
+        unl = sp.unl
+        unsup = {**student.rpn_loss(sp.rpn.select(unl), targets, regression=self.options.rpn_regression),
+                 **self.roi_losses(student, teacher, sp.rois.select(unl), sp.samples.select(unl), pseudo=pseudo,
                                    t_feats=t_feats, t_batch=t_batch, matrices=batch.teacher_to_student, ctx=ctx)}
-        out.update({f"{k}_unsup": v * ctx.unsup_weight for k, v in unsup.items()})
-        for props_b, labels_b, gt_b, gt_l in zip(samples.proposals[unl], samples.labels[unl], batch.gt_strong_boxes,
-                                                 batch.gt_strong_labels):
-            ctx.stats.add_rois(roi_boxes=props_b, roi_labels=labels_b, gt_boxes=gt_b, gt_labels=gt_l)
+        out = {**sp.supervised, **{f"{k}_unsup": v * ctx.unsup_weight for k, v in unsup.items()}}
+        log_student_rois(ctx, sp, batch)
         return out
 
     def roi_losses(self, student: FasterRCNN, teacher: FasterRCNN, rois: RoIOutput, samples: RoISamples, *,

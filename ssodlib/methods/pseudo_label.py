@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ssodlib.data.transforms import clip_boxes, transform_boxes
 from ssodlib.engine.data import Batch
 from ssodlib.methods.base import Method, StepContext
-from ssodlib.models.detector import Detections
+from ssodlib.models.detector import Detections, RoIOutput, RoISamples, RPNOutput
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,27 +40,53 @@ def to_student_view(boxes: Tensor, matrix: Tensor, size: tuple[int, int]) -> Ten
     return clip_boxes(mapped, height=size[0], width=size[1], min_size=2.0)
 
 
-def mean_teacher_losses(student: nn.Module, batch: Batch, pseudo_boxes: list[Tensor], pseudo_labels: list[Tensor], *,
-                        unsup_weight: float, box_regression: bool, rpn_regression: bool,
-                        ctx: StepContext | None = None) -> dict[str, Tensor]:
-    """Supervised losses on the labeled images and weighted unsupervised losses on the strong views,
-    from one student pass over all images. Pseudo boxes are in the student's view."""
+@dataclass
+class StudentPass:
+    """One student pass over the labeled images and the strong views: RPN outputs, sampled RoIs and
+    RoI outputs of all images, the supervised losses of the labeled ones; ``unl`` selects the rest."""
+
+    rpn: RPNOutput
+    samples: RoISamples
+    rois: RoIOutput
+    supervised: dict[str, Tensor]
+    unl: slice
+
+
+def student_pass(student: nn.Module, batch: Batch, targets: list[Tensor], target_labels: list[Tensor]) -> StudentPass:
+    """``targets`` / ``target_labels``: per unlabeled image, ``(K, 4)`` boxes in the student's view and ``(K,)``
+    labels that RoI sampling matches against, after the labeled images' ground truth."""
     n_lab = len(batch.images)
     sb = student.preprocess(batch.images + batch.strong)
     feats = student.features(sb)
     rpn = student.rpn(feats, sb)
     props, _ = student.proposals(rpn, sb)
-    samples = student.sample_rois(props, batch.boxes + pseudo_boxes, batch.labels + pseudo_labels)
+    samples = student.sample_rois(props, batch.boxes + targets, batch.labels + target_labels)
     rois = student.roi_head(feats, samples.proposals, sb)
-    lab, unl = slice(0, n_lab), slice(n_lab, None)
-    out = {**student.rpn_loss(rpn.select(lab), batch.boxes), **student.roi_loss(rois.select(lab), samples.select(lab))}
-    unsup = {**student.rpn_loss(rpn.select(unl), pseudo_boxes, regression=rpn_regression),
-             **student.roi_loss(rois.select(unl), samples.select(unl), regression=box_regression)}
-    out.update({f"{k}_unsup": v * unsup_weight for k, v in unsup.items()})
+    lab = slice(0, n_lab)
+    supervised = {**student.rpn_loss(rpn.select(lab), batch.boxes),
+                  **student.roi_loss(rois.select(lab), samples.select(lab))}
+    return StudentPass(rpn, samples, rois, supervised, slice(n_lab, None))
+
+
+def log_student_rois(ctx: StepContext, sp: StudentPass, batch: Batch) -> None:
+    """The unlabeled images' sampled RoIs as true / false positives and false negatives (diagnostics)."""
+    for props_b, labels_b, gt_b, gt_l in zip(sp.samples.proposals[sp.unl], sp.samples.labels[sp.unl],
+                                             batch.gt_strong_boxes, batch.gt_strong_labels):
+        ctx.stats.add_rois(roi_boxes=props_b, roi_labels=labels_b, gt_boxes=gt_b, gt_labels=gt_l)
+
+
+def mean_teacher_losses(student: nn.Module, batch: Batch, pseudo_boxes: list[Tensor], pseudo_labels: list[Tensor], *,
+                        unsup_weight: float, box_regression: bool, rpn_regression: bool,
+                        ctx: StepContext | None = None) -> dict[str, Tensor]:
+    """Supervised losses on the labeled images and weighted unsupervised losses on the strong views,
+    from one student pass over all images. Pseudo boxes are in the student's view."""
+    sp = student_pass(student, batch, pseudo_boxes, pseudo_labels)
+    unl = sp.unl
+    unsup = {**student.rpn_loss(sp.rpn.select(unl), pseudo_boxes, regression=rpn_regression),
+             **student.roi_loss(sp.rois.select(unl), sp.samples.select(unl), regression=box_regression)}
+    out = {**sp.supervised, **{f"{k}_unsup": v * unsup_weight for k, v in unsup.items()}}
     if ctx is not None:
-        for props_b, labels_b, gt_b, gt_l in zip(samples.proposals[unl], samples.labels[unl], batch.gt_strong_boxes,
-                                                 batch.gt_strong_labels):
-            ctx.stats.add_rois(roi_boxes=props_b, roi_labels=labels_b, gt_boxes=gt_b, gt_labels=gt_l)
+        log_student_rois(ctx, sp, batch)
     return out
 
 
