@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ssodlib.engine.trainer import Preempted
+    from ssodlib.engine.stop import Preempted
 
     args = build_parser().parse_args(argv)
     try:

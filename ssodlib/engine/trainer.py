@@ -24,6 +24,7 @@ from ssodlib.engine.config import SHARED_PREFIX_FIELDS, TrainConfig, config_dict
 from ssodlib.engine.data import Batch, build_loader, resolve_data
 from ssodlib.engine.distributed import DistInfo, any_rank, broadcast_module, init_distributed
 from ssodlib.engine.ema import copy_weights, ema_update
+from ssodlib.engine.stop import STOP_FILE_ENV, Preempted
 from ssodlib.evaluation.detector_eval import evaluate_detector
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.io import InputError, write_json, write_text
@@ -35,14 +36,6 @@ METRICS_NAME = "metrics.jsonl"
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class Preempted(RuntimeError):
-    """The run was asked to stop (SIGUSR1 / SIGTERM, or the file named by ``$SSOD_STOP_FILE`` exists):
-    it wrote a checkpoint at the current iteration and stopped; ``resume=True`` continues it."""
-
-
-STOP_FILE_ENV = "SSOD_STOP_FILE"
 
 
 class _StopRequest:
