@@ -13,6 +13,15 @@ class InputError(ValueError):
     """Bad user input: the message names the file and says how to fix it."""
 
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def repository_folder(name: str, *, env: str) -> Path:
+    """``$env`` when set, else the folder ``name`` of the repository (papers/, notebooks/, results/)."""
+    value = os.environ.get(env)
+    return Path(value) if value else REPOSITORY / name
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` and move the result onto ``path`` in one rename.
 

@@ -22,7 +22,7 @@ from ssodlib.data.transforms import (
     teacher_student_views,
     transform_boxes,
 )
-from ssodlib.io import write_json
+from ssodlib.io import repository_folder, write_json
 from ssodlib.report.dataset import class_distribution_kl, dataset_stats, plot_dataset, plot_samples
 
 
@@ -57,8 +57,7 @@ def plot_views(image: torch.Tensor, boxes: torch.Tensor, out_path: Path, *, seed
 
 def notebooks_dir() -> Path:
     """``$SSOD_NOTEBOOKS_DIR``, else the repository's ``notebooks/`` folder."""
-    env = os.environ.get("SSOD_NOTEBOOKS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "notebooks"
+    return repository_folder("notebooks", env="SSOD_NOTEBOOKS_DIR")
 
 
 # the demo's slice of the baselines notebook at each scale: one fold, one labeled fraction

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from typing import Any
 import yaml
 
 from ssodlib.engine.config import TrainConfig, config_dict, train_config
-from ssodlib.io import InputError
+from ssodlib.io import InputError, repository_folder
 
 # fields that change where or how fast a run goes, never what it computes: not part of a run's key
 RUNTIME_FIELDS = frozenset({"data_root", "device", "num_workers", "threads", "eval_every", "checkpoint_every",
@@ -47,8 +46,7 @@ RUNTIME_FIELDS = frozenset({"data_root", "device", "num_workers", "threads", "ev
 
 def papers_dir() -> Path:
     """``$SSOD_PAPERS_DIR``, else the repository's ``papers/`` folder."""
-    env = os.environ.get("SSOD_PAPERS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "papers"
+    return repository_folder("papers", env="SSOD_PAPERS_DIR")
 
 
 def run_key(config: TrainConfig) -> str:

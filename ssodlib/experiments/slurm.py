@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from ssodlib.io import InputError
+from ssodlib.io import REPOSITORY, InputError
 
-SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "slurm"
+SCRIPTS_DIR = REPOSITORY / "slurm"
 TASK_SCRIPT = "task.sbatch"
 REPORT_SCRIPT = "report.sbatch"
 

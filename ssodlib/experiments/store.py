@@ -15,15 +15,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ssodlib.io import InputError, read_json, write_json
+from ssodlib.io import InputError, read_json, repository_folder, write_json
 
 RESULTS_ENV = "SSOD_RESULTS_DIR"
 
 
 def default_results_dir() -> Path:
     """``$SSOD_RESULTS_DIR``, else ``results/`` in the repository."""
-    env = os.environ.get(RESULTS_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "results"
+    return repository_folder("results", env=RESULTS_ENV)
 
 
 class ResultsStore:
