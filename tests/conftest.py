@@ -17,3 +17,15 @@ def smoke_benchmark(tmp_path_factory):
 
     return generate(synth_config("smoke"), root=tmp_path_factory.mktemp("data") / "synth-smoke", seed=0,
                     workers=1, progress=False)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: small tensors gain nothing from two, and two slow down many times over
+    when other processes share the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,7 +10,6 @@ from torchvision.ops import batched_nms
 from ssodlib.data.coco import CocoDetection
 from ssodlib.engine.checkpoint import load_checkpoint
 from ssodlib.engine.config import train_config
-from ssodlib.engine.data import Batch
 from ssodlib.engine.trainer import Trainer, read_metrics
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.io import InputError
@@ -27,15 +26,7 @@ from ssodlib.methods.labelmatch import (
     split_pseudo_labels,
 )
 from ssodlib.models.detector import DetectorConfig, FasterRCNN, nms_clusters
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Long training runs share this machine: every test here runs on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tiny_setup import tiny_batch, tiny_detector
 
 
 # -- ACT (Eq. 5 and 6) ------------------------------------------------------------------------------
@@ -158,30 +149,13 @@ def test_nms_cluster_statistics_on_real_nms_output():
 
 
 # -- the method on a tiny detector -----------------------------------------------------------------------
-def _tiny() -> FasterRCNN:
-    torch.manual_seed(0)
-    return FasterRCNN(config=DetectorConfig(num_classes=3, backbone="tiny", fpn_channels=16, representation_size=32,
-                                            anchor_sizes=(8, 16, 32, 64, 128), rpn_pre_nms_top_n=(100, 50),
-                                            rpn_post_nms_top_n=(50, 20), roi_batch_size=32))
-
-
-def _batch() -> Batch:
-    g = torch.Generator().manual_seed(0)
-    img = lambda: torch.randint(0, 256, (3, 64, 64), generator=g, dtype=torch.uint8)
-    box, lab = torch.tensor([[8.0, 8, 40, 40]]), torch.tensor([1])
-    flip = torch.tensor([[-1.0, 0, 64], [0, 1, 0], [0, 0, 1]])  # the student's view is mirrored
-    return Batch(images=[img()], boxes=[box], labels=[lab], weak=[img()], strong=[img()],
-                 teacher_to_student=[flip], gt_weak_boxes=[box], gt_weak_labels=[lab],
-                 gt_strong_boxes=[torch.tensor([[24.0, 8, 56, 40]])], gt_strong_labels=[lab])
-
-
 def _losses(options: dict, *, iteration: int = 5, burn_in: bool = False):
-    student, teacher = _tiny(), _tiny().eval()
+    student, teacher = tiny_detector(), tiny_detector().eval()
     method = get_method("labelmatch")(options=options)
     stats = PseudoLabelStats(num_classes=3)
     ctx = StepContext(teacher=teacher, iteration=iteration, burn_in=burn_in, unsup_weight=2.0, stats=stats)
     torch.manual_seed(1)
-    return method.losses(student, ctx, _batch()), stats
+    return method.losses(student, ctx, tiny_batch(mirrored=True)), stats
 
 
 # an untrained teacher scores ~1/4 everywhere: thresholds 0.9 / 0 make every detection uncertain
@@ -278,7 +252,7 @@ def test_act_is_estimated_at_first_use_and_never_again_when_k_is_never(smoke_dat
 def test_act_without_setup_is_a_clear_error():
     method = get_method("labelmatch")()
     with pytest.raises(RuntimeError, match="setup"):
-        method.thresholds(_tiny().eval(), iteration=0, num_classes=3)
+        method.thresholds(tiny_detector().eval(), iteration=0, num_classes=3)
 
 
 # -- training runs ---------------------------------------------------------------------------------------------

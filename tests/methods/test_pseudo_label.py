@@ -1,11 +1,11 @@
 import torch
 
 from ssodlib.data.transforms import hflip_matrix, scale_matrix
-from ssodlib.engine.data import Batch
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.methods import METHODS, StepContext, get_method
 from ssodlib.methods.pseudo_label import select_pseudo_labels, to_student_view
-from ssodlib.models.detector import DetectorConfig, Detections, FasterRCNN
+from ssodlib.models.detector import Detections
+from tiny_setup import tiny_batch, tiny_detector
 
 
 def test_registry_names_every_method():
@@ -28,42 +28,26 @@ def test_boxes_map_into_the_student_view_and_drop_when_outside():
     assert mapped[0].tolist() == [60.0, 20, 80, 60] and keep.tolist() == [True, False]
 
 
-def _tiny() -> FasterRCNN:
-    torch.manual_seed(0)
-    return FasterRCNN(config=DetectorConfig(num_classes=3, backbone="tiny", fpn_channels=16, representation_size=32,
-                                            anchor_sizes=(8, 16, 32, 64, 128), rpn_pre_nms_top_n=(100, 50),
-                                            rpn_post_nms_top_n=(50, 20), roi_batch_size=32))
-
-
-def _batch() -> Batch:
-    g = torch.Generator().manual_seed(0)
-    img = lambda: torch.randint(0, 256, (3, 64, 64), generator=g, dtype=torch.uint8)
-    box, lab = torch.tensor([[8.0, 8, 40, 40]]), torch.tensor([1])
-    return Batch(images=[img()], boxes=[box], labels=[lab], weak=[img()], strong=[img()],
-                 teacher_to_student=[torch.eye(3)], gt_weak_boxes=[box], gt_weak_labels=[lab], gt_strong_boxes=[box],
-                 gt_strong_labels=[lab])
-
-
 def test_burn_in_is_supervised_and_afterwards_unsupervised_losses_are_weighted():
-    student, teacher = _tiny(), _tiny().eval()
+    student, teacher = tiny_detector(), tiny_detector().eval()
     method = get_method("pseudo_label")(options={"score_thresh": 0.0})
     stats = PseudoLabelStats(num_classes=3)
     ctx = StepContext(teacher=teacher, iteration=0, burn_in=True, unsup_weight=0.0, stats=stats)
-    assert set(method.losses(student, ctx, _batch())) == {"loss_rpn_cls", "loss_rpn_reg", "loss_cls", "loss_box"}
+    assert set(method.losses(student, ctx, tiny_batch())) == {"loss_rpn_cls", "loss_rpn_reg", "loss_cls", "loss_box"}
     assert stats.images == 0
     torch.manual_seed(1)
     ctx1 = StepContext(teacher=teacher, iteration=5, burn_in=False, unsup_weight=1.0, stats=stats)
-    one = method.losses(student, ctx1, _batch())
+    one = method.losses(student, ctx1, tiny_batch())
     torch.manual_seed(1)
     ctx3 = StepContext(teacher=teacher, iteration=5, burn_in=False, unsup_weight=3.0, stats=stats)
-    three = method.losses(student, ctx3, _batch())
+    three = method.losses(student, ctx3, tiny_batch())
     assert stats.images == 2 and stats.pseudo > 0
     assert torch.allclose(three["loss_cls_unsup"], 3 * one["loss_cls_unsup"])
     assert torch.equal(three["loss_cls"], one["loss_cls"])
     assert one["loss_box_unsup"].item() == 0.0 and one["loss_box_unsup"].requires_grad  # no box loss on pseudo boxes
     with_box = get_method("pseudo_label")(options={"score_thresh": 0.0, "box_regression": True})
     torch.manual_seed(1)
-    assert with_box.losses(student, ctx1, _batch())["loss_box_unsup"].item() > 0
+    assert with_box.losses(student, ctx1, tiny_batch())["loss_box_unsup"].item() > 0
 
 
 def test_unknown_option_is_a_clear_error():

@@ -1,15 +1,8 @@
-"""The model tests run single-threaded: their tensors are small, and two intra-op threads slow down
-many times over when other processes share the two cores."""
-
-from __future__ import annotations
+"""The model tests run single-threaded (see ``one_thread`` in tests/conftest.py)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_threaded(one_thread):
     yield
-    torch.set_num_threads(before)

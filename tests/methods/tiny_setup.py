@@ -1,0 +1,27 @@
+"""A tiny detector and a one-image batch shared by the method tests (imported, not collected)."""
+
+import torch
+
+from ssodlib.engine.data import Batch
+from ssodlib.models.detector import DetectorConfig, FasterRCNN
+
+
+def tiny_detector() -> FasterRCNN:
+    """3 classes, tiny backbone, seeded: two calls give identical weights."""
+    torch.manual_seed(0)
+    return FasterRCNN(config=DetectorConfig(num_classes=3, backbone="tiny", fpn_channels=16, representation_size=32,
+                                            anchor_sizes=(8, 16, 32, 64, 128), rpn_pre_nms_top_n=(100, 50),
+                                            rpn_post_nms_top_n=(50, 20), roi_batch_size=32))
+
+
+def tiny_batch(*, mirrored: bool = False) -> Batch:
+    """One labeled and one unlabeled 64 px image with one box; ``mirrored``: the student's view is the
+    teacher's flipped horizontally (otherwise the identity)."""
+    g = torch.Generator().manual_seed(0)
+    img = lambda: torch.randint(0, 256, (3, 64, 64), generator=g, dtype=torch.uint8)
+    box, lab = torch.tensor([[8.0, 8, 40, 40]]), torch.tensor([1])
+    matrix = torch.tensor([[-1.0, 0, 64], [0, 1, 0], [0, 0, 1]]) if mirrored else torch.eye(3)
+    strong_box = torch.tensor([[24.0, 8, 56, 40]]) if mirrored else box
+    return Batch(images=[img()], boxes=[box], labels=[lab], weak=[img()], strong=[img()],
+                 teacher_to_student=[matrix], gt_weak_boxes=[box], gt_weak_labels=[lab],
+                 gt_strong_boxes=[strong_box], gt_strong_labels=[lab])
