@@ -105,25 +105,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from ssodlib.engine.checkpoint import load_checkpoint
-    from ssodlib.engine.config import TrainConfig
-    from ssodlib.engine.data import resolve_data
     from ssodlib.evaluation.detector_eval import evaluate_detector
-    from ssodlib.data.coco import load_coco
-    from ssodlib.models.detector import DetectorConfig, FasterRCNN
+    from ssodlib.evaluation.inspection import load_run_detector
 
-    ckpt = load_checkpoint(args.checkpoint)
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()}
-    config = TrainConfig(**fields)
-    files = resolve_data(config)
+    model, config, files = load_run_detector(args.checkpoint, model=args.model)
     ann_file = args.ann_file or files.val_ann
     image_dir = args.image_dir or files.val_images
-    num_classes = load_coco(files.labeled_ann).num_classes
-    model = FasterRCNN(config=DetectorConfig(num_classes=num_classes, **config.detector_kwargs()))
-    if not ckpt.get(args.model):
-        raise InputError(f"{args.checkpoint}: has no {args.model} weights (the method has no teacher). "
-                         "Fix: pass --model student.")
-    model.load_state_dict(ckpt[args.model])
     metrics = evaluate_detector(model, ann_file=ann_file, image_dir=image_dir, test_scale=config.test_scale,
                                 max_size=config.max_size, progress=not args.quiet).to_dict()
     if args.out:

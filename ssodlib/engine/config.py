@@ -20,8 +20,9 @@ from ssodlib.io import InputError
 class TrainConfig:
     method: str = "pseudo_label"
     scale: str = "mini"
-    # data: "synth" (the embedded benchmark of `scale`) or "coco" (COCO-standard folds under
-    # {data_root}/coco, see README), or explicit COCO-format files (labeled_ann, ...), which win
+    # data: "synth" (the embedded benchmark of `scale`), "coco" (COCO-standard folds under
+    # {data_root}/coco, see README), "coco-additional" (train2017 + unlabeled2017), "voc" (VOC07 trainval +
+    # VOC12 trainval, tested on VOC07 test), or explicit COCO-format files (labeled_ann, ...), which win
     dataset: str = "synth"
     data_root: str | None = None
     labeled_ann: str | None = None

@@ -36,10 +36,15 @@ class DataFiles:
     val_ann: Path
     image_dir: Path
     val_image_dir: Path | None = None
+    unlabeled_image_dir: Path | None = None
 
     @property
     def val_images(self) -> Path:
         return self.val_image_dir or self.image_dir
+
+    @property
+    def unlabeled_images(self) -> Path:
+        return self.unlabeled_image_dir or self.image_dir
 
 
 def resolve_data(config: TrainConfig, *, progress: bool = False) -> DataFiles:
@@ -51,11 +56,11 @@ def resolve_data(config: TrainConfig, *, progress: bool = False) -> DataFiles:
         return DataFiles(Path(config.labeled_ann), Path(config.unlabeled_ann) if config.unlabeled_ann else None,
                          Path(config.val_ann), Path(config.image_dir),
                          Path(config.val_image_dir) if config.val_image_dir else None)
-    if config.dataset == "coco":
-        return coco_standard_files(config)
+    if config.dataset in DATASETS:
+        return _checked(DATASETS[config.dataset](config), config)
     if config.dataset != "synth":
-        raise InputError(f"unknown dataset {config.dataset!r}. Fix: synth, coco, or explicit labeled_ann / val_ann / "
-                         "image_dir files.")
+        raise InputError(f"unknown dataset {config.dataset!r}. Fix: synth, {', '.join(DATASETS)}, or explicit "
+                         "labeled_ann / val_ann / image_dir files.")
     if config.scale == "paper":
         raise InputError("the paper scale trains on COCO or VOC, not on the embedded benchmark. Fix: set dataset=coco "
                          "(folds made by `ssod data split-coco`) or explicit labeled_ann / val_ann / image_dir.")
@@ -65,19 +70,54 @@ def resolve_data(config: TrainConfig, *, progress: bool = False) -> DataFiles:
                      paths.annotations("val"), paths.image_dir)
 
 
+def _root(config: TrainConfig) -> Path:
+    return Path(config.data_root) if config.data_root else default_data_root()
+
+
 def coco_standard_files(config: TrainConfig) -> DataFiles:
-    """``{root}/coco/annotations/semi/instances_train2017.{fold}@{percent}[-unlabeled].json``,
+    """COCO-standard: ``{root}/coco/annotations/semi/instances_train2017.{fold}@{percent}[-unlabeled].json``,
     ``{root}/coco/annotations/instances_val2017.json``, images in ``{root}/coco/train2017`` and
     ``val2017`` (``root``: data_root, ``$SSOD_DATA_ROOT`` or ``./data``)."""
-    root = Path(config.data_root) if config.data_root else default_data_root()
-    coco = root / "coco"
+    coco = _root(config) / "coco"
     labeled, unlabeled = split_file_names("instances_train2017", fold=config.fold, percent=config.percent)
-    files = DataFiles(coco / "annotations" / "semi" / labeled, coco / "annotations" / "semi" / unlabeled,
-                      coco / "annotations" / "instances_val2017.json", coco / "train2017", coco / "val2017")
-    for path in (files.labeled_ann, files.unlabeled_ann, files.val_ann, files.image_dir, files.val_image_dir):
-        if not path.exists():
-            raise InputError(f"{path}: not found. Fix: put COCO 2017 under {coco} and make the folds with `ssod data "
-                             f"split-coco {coco}/annotations/instances_train2017.json --out-dir {coco}/annotations/semi`.")
+    return DataFiles(coco / "annotations" / "semi" / labeled, coco / "annotations" / "semi" / unlabeled,
+                     coco / "annotations" / "instances_val2017.json", coco / "train2017", coco / "val2017")
+
+
+def coco_additional_files(config: TrainConfig) -> DataFiles:
+    """COCO-additional: all of ``train2017`` labeled, ``unlabeled2017`` unlabeled
+    (``{root}/coco/annotations/unlabeled2017.json``), evaluated on val2017."""
+    coco = _root(config) / "coco"
+    ann = coco / "annotations"
+    return DataFiles(ann / "instances_train2017.json", ann / "unlabeled2017.json", ann / "instances_val2017.json",
+                     coco / "train2017", coco / "val2017", coco / "unlabeled2017")
+
+
+def voc_files(config: TrainConfig) -> DataFiles:
+    """VOC: VOC07 trainval labeled, VOC12 trainval unlabeled, VOC07 test (``{root}/VOCdevkit/coco_json/
+    voc07_trainval.json`` ...; file names relative to ``{root}/VOCdevkit``)."""
+    voc = _root(config) / "VOCdevkit"
+    ann = voc / "coco_json"
+    return DataFiles(ann / "voc07_trainval.json", ann / "voc12_trainval.json", ann / "voc07_test.json", voc)
+
+
+DATASETS = {"coco": coco_standard_files, "coco-additional": coco_additional_files, "voc": voc_files}
+PREPARE = {
+    "coco": "put COCO 2017 under {root}/coco and make the folds with `ssod data split-coco "
+            "{root}/coco/annotations/instances_train2017.json --out-dir {root}/coco/annotations/semi`",
+    "coco-additional": "put COCO 2017 (train2017, val2017, unlabeled2017) under {root}/coco and run `ssod data "
+                       "image-list --image-info {root}/coco/annotations/image_info_unlabeled2017.json --out "
+                       "{root}/coco/annotations/unlabeled2017.json`",
+    "voc": "put VOC2007 and VOC2012 under {root}/VOCdevkit and run `ssod data voc-to-coco --devkit "
+           "{root}/VOCdevkit --out-dir {root}/VOCdevkit/coco_json`",
+}
+
+
+def _checked(files: DataFiles, config: TrainConfig) -> DataFiles:
+    for path in (files.labeled_ann, files.unlabeled_ann, files.val_ann, files.image_dir, files.val_image_dir,
+                 files.unlabeled_image_dir):
+        if path is not None and not path.exists():
+            raise InputError(f"{path}: not found. Fix: {PREPARE[config.dataset].format(root=_root(config))}.")
     return files
 
 
@@ -164,7 +204,7 @@ def build_loader(config: TrainConfig, files: DataFiles, *, labeled: CocoDetectio
     if uses_unlabeled:
         if files.unlabeled_ann is None:
             raise ValueError("this method needs unlabeled data: set unlabeled_ann")
-        unlabeled = CocoDetection(ann_file=files.unlabeled_ann, image_dir=files.image_dir,
+        unlabeled = CocoDetection(ann_file=files.unlabeled_ann, image_dir=files.unlabeled_images,
                                   categories=labeled.label_to_cat_id)
     weak = WeakViewConfig(scales=config.train_scales, max_size=config.max_size)
     strong = StrongViewConfig(geometric=config.geometric_jitter)

@@ -22,7 +22,15 @@ A declaration (one item; rows x columns x folds is the set of runs)::
         scales:
           smoke: {columns: ["10%"], folds: [1]}
           mini: {columns: ["1%", "5%"], folds: [1, 2]}
-          paper: {columns: ["1%", "5%", "10%"], folds: [1, 2, 3, 4, 5], set: {...}}
+          paper: {columns: ["1%", "5%", "10%"], folds: [1, 2, 3, 4, 5], set: {...},
+                  method_options: {labelmatch: {act_interval: 1000}}}   # options of one method's rows
+
+``method_options`` dicts merge key by key, later winning: the scale's options for the row's method,
+the column's, then the row's (so a column can vary one option of a scale-specific setting); a
+column's options reach only the rows whose method has them (a Supervised row beside LabelMatch
+variants stays one run). A column
+may name its own ``metric`` (a table whose columns are metrics or classes, see
+:func:`ssodlib.report.experiments.metric_value`).
 """
 
 from __future__ import annotations
@@ -131,7 +139,11 @@ def plan_items(paper: str, table: str, scale: str, *, folds: list[int] | None = 
                columns: list[str] | None = None, overrides: dict[str, Any] | None = None) -> dict[str, list[RunSpec]]:
     """The runs of each item (every item when ``table == "all"``), keyed by item id."""
     decl = load_declarations(paper)
-    items = decl.items if table == "all" else (decl.item(table),)
+    # "all" means every item declared at this scale (some need data the embedded benchmark lacks)
+    items = [i for i in decl.items if scale in i.scales] if table == "all" else (decl.item(table),)
+    if not items:
+        raise InputError(f"{decl.path}: no table or figure declares runs for scale {scale!r}. Fix: choose a scale "
+                         f"among {sorted({s for i in decl.items for s in i.scales})}.")
     return {item.id: _item_runs(decl, item, scale, folds=folds, columns=columns, overrides=overrides or {})
             for item in items}
 
@@ -175,12 +187,29 @@ def _item_runs(decl: Declarations, item: Item, scale: str, *, folds: list[int] |
 
 def _config(scale: str, row: dict[str, Any], col: dict[str, Any], at_scale: dict[str, Any], fold: int,
             overrides: dict[str, Any], *, where: str) -> TrainConfig:
-    values: dict[str, Any] = {**at_scale.get("set", {}), **col.get("set", {}), **row.get("set", {}),
-                              "method": row["method"], "fold": fold, **overrides}
+    layers = (at_scale.get("set", {}), col.get("set", {}), row.get("set", {}))
+    values: dict[str, Any] = {**layers[0], **layers[1], **layers[2], "method": row["method"], "fold": fold, **overrides}
+    values.pop("method_options", None)
+    options = {**at_scale.get("method_options", {}).get(row["method"], {})}
+    for layer in (*layers, overrides):
+        layer_options = layer.get("method_options", {})
+        if layer is layers[1] and layer_options:  # a column varies the options of the rows that have them
+            known = _option_defaults(row["method"])
+            layer_options = {k: v for k, v in layer_options.items() if k in known}
+        options.update(layer_options)
+    if options:  # an option set to its default is left out, so that the run's key does not depend on it
+        defaults = _option_defaults(row["method"])
+        values["method_options"] = {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
     try:
         return train_config(scale, **values)
     except (InputError, TypeError) as e:
         raise InputError(f"{where}: row {row['name']!r}, column {col['name']!r}: {e}") from e
+
+
+def _option_defaults(method: str) -> dict[str, Any]:
+    from ssodlib.methods import get_method  # imports torch: only for declarations that need it
+
+    return {f.name: f.default for f in dataclasses.fields(get_method(method).Options)}
 
 
 def with_runtime(config: TrainConfig, **runtime: Any) -> TrainConfig:

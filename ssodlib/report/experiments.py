@@ -40,9 +40,12 @@ def render(items: dict[str, list[RunSpec]], *, paper: str, scale: str, results_d
         runs = results_frame(item, specs, store)
         report.missing += sorted(set(runs.loc[~runs["done"], "key"]) - set(report.missing))
         _save_table(report, f"{item_id}_runs", runs)
+        _save_table(report, item_id, summary_table(item, runs))
         if item.kind == "table":
-            _save_table(report, item_id, summary_table(item, runs))
             _save_table(report, f"{item_id}_vs_published", versus_published(item, runs))
+        labels = pseudo_label_table(specs, store)
+        if not labels.empty:
+            _save_table(report, f"{item_id}_pseudo_labels", labels)
         for plot in item.plots:
             path = report.out_dir / f"{item_id}_{plot}.png"
             if _draw(plot, item, specs, store, path):
@@ -55,21 +58,37 @@ def _save_table(report: Report, name: str, frame: pd.DataFrame) -> None:
     write_text(report.out_dir / f"{name}.csv", frame.to_csv(index=False))
 
 
-def _score(record: dict[str, Any] | None, item: Item) -> float:
+def metric_value(metrics: dict[str, Any], metric: str) -> float:
+    """One number (a fraction, not %) from a model's final metrics: a key (``ap``, ``ap50``, ...),
+    ``class:NAME`` (the AP of one class) or ``classes:A,B,...`` (the mean AP of those classes)."""
+    kind, _, names = metric.partition(":")
+    if not names:
+        return float(metrics[metric])
+    per_class = metrics["per_class_ap"]
+    wanted = [n.strip() for n in names.split(",")]
+    unknown = [n for n in wanted if n not in per_class]
+    if kind not in ("class", "classes") or unknown:
+        raise KeyError(f"metric {metric!r}: expected class:NAME or classes:A,B with classes of {sorted(per_class)}")
+    return float(np.nanmean([math.nan if per_class[n] is None else per_class[n] for n in wanted]))
+
+
+def _score(record: dict[str, Any] | None, item: Item, metric: str) -> float:
     if not record or not record.get("final"):
         return math.nan
     final = record["final"]
     model = item.model if item.model in final else "student"
-    return 100.0 * float(final[model][item.metric])
+    return 100.0 * metric_value(final[model], metric)
 
 
 def results_frame(item: Item, specs: list[RunSpec], store: ResultsStore) -> pd.DataFrame:
-    """One line per declared run: row, column, fold, key, done, value (the item's metric, in %)."""
+    """One line per declared run: row, column, fold, key, done, value (the column's or else the item's
+    metric, in %)."""
+    metrics = {c["name"]: c.get("metric", item.metric) for c in item.columns}
     lines = []
     for s in specs:
         record = store.get(s.key)
         lines.append({"row": s.row, "column": s.column, "fold": s.fold, "key": s.key, "done": record is not None,
-                      "value": _score(record, item)})
+                      "value": _score(record, item, metrics[s.column])})
     return pd.DataFrame(lines, columns=["row", "column", "fold", "key", "done", "value"])
 
 
@@ -111,6 +130,24 @@ def versus_published(item: Item, runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["row", "column", "folds", "reproduced", "std", "published", "source", "delta"])
 
 
+PSEUDO_LABEL_KEYS = ("pl_per_image", "gt_per_image", "pl_precision", "pl_recall", "pl_class_kl",
+                     "pl_reliable_per_image", "pl_uncertain_per_image", "pl_mined_per_image")
+
+
+def pseudo_label_table(specs: list[RunSpec], store: ResultsStore) -> pd.DataFrame:
+    """Per finished semi-supervised run, the pseudo-label diagnostics averaged over its logs (boxes per
+    image against ground truth, precision and recall at IoU 0.5, class KL, and the method's counts
+    per image, e.g. LabelMatch's reliable, uncertain and mined boxes: Fig. 8a's Delta)."""
+    out = []
+    for s in specs:
+        logs = [r for r in read_metrics(store.run_dir(s.key)) if r.get("pl_images")] if store.is_complete(s.key) else []
+        if logs:
+            means = {k: round(float(np.nanmean([r.get(k, np.nan) for r in logs])), 3) for k in PSEUDO_LABEL_KEYS
+                     if any(k in r for r in logs)}
+            out.append({"row": s.row, "column": s.column, "fold": s.fold, **means})
+    return pd.DataFrame(out)
+
+
 def _label(s: RunSpec) -> str:
     return f"{s.row} {s.column} f{s.fold}"
 
@@ -134,7 +171,68 @@ def _draw(plot: str, item: Item, specs: list[RunSpec], store: ResultsStore, path
             logs = [r for r in read_metrics(store.run_dir(s.key)) if r.get("pl_images")]
             if logs:
                 names = list(store.get(s.key)["final"]["student"]["per_class_ap"])
-                bars["ground truth (unlabeled)"] = np.sum([r["gt_per_class"] for r in logs if "gt_per_class" in r], 0)
+                # one ground-truth series per unlabeled set (a column and fold), drawn once
+                bars.setdefault(f"ground truth (unlabeled): {s.column} f{s.fold}",
+                                np.sum([r["gt_per_class"] for r in logs if "gt_per_class" in r], 0))
                 bars[f"pseudo labels: {_label(s)}"] = np.sum([r["pl_per_class"] for r in logs], 0)
         return bool(bars) and figures.class_distribution(bars, class_names=names, path=path)
-    raise ValueError(f"unknown plot {plot!r}: pseudo_label_curves, ap_per_iou or class_distribution")
+    if plot == "metric_bars":
+        runs = results_frame(item, specs, store)
+        return figures.metric_bars(runs, metric=f"{item.metric} ({item.model}, %)", path=path)
+    if plot in INSPECTIONS:
+        return _draw_inspection(plot, item, done, store, path)
+    raise ValueError(f"unknown plot {plot!r}: one of {PLOTS}")
+
+
+INSPECTIONS = ("cluster_quality", "detections", "detections_nms")
+PLOTS = ("pseudo_label_curves", "ap_per_iou", "class_distribution", "metric_bars", *INSPECTIONS)
+CLUSTER_IMAGES = 200  # unlabeled images whose kept boxes make the cluster-quality scatter (paper: 5000)
+SHOWN_IMAGES = 3  # images per run in the qualitative figures
+SHOWN_SCORE = 0.6  # the paper's visualisation threshold (Fig. 5)
+
+
+def _draw_inspection(plot: str, item: Item, done: list[RunSpec], store: ResultsStore, path: Path) -> bool:
+    """Figures that run a finished run's detector again: ``cluster_quality`` (Fig. 3: the first run),
+    ``detections`` (Fig. 5: true positives green, false positives yellow, false negatives red) and
+    ``detections_nms`` (Fig. 7: before and after NMS), on the same images for every run."""
+    from ssodlib.evaluation import inspection
+
+    if not done:
+        return False
+    if plot == "cluster_quality":
+        detector, _, data, config = _run_detector(done[0], item, store, unlabeled=True)
+        images = inspection.detect_images(detector, data, inspection.spread_indices(len(data), CLUSTER_IMAGES),
+                                          test_scale=config.test_scale, max_size=config.max_size)
+        return figures.cluster_quality_scatter(inspection.cluster_quality(images), path=path)
+    panels = {}
+    for s in done:
+        detector, model, data, config = _run_detector(s, item, store, unlabeled=False)
+        images = inspection.detect_images(detector, data, inspection.spread_indices(len(data), SHOWN_IMAGES),
+                                          test_scale=config.test_scale, max_size=config.max_size)
+        panels[f"{_label(s)} ({model})"] = [p for im in images for p in _panels(plot, im)]
+    return figures.detection_grid(panels, path=path)
+
+
+def _run_detector(s: RunSpec, item: Item, store: ResultsStore, *, unlabeled: bool):
+    from ssodlib.engine.checkpoint import CHECKPOINT_NAME
+    from ssodlib.evaluation import inspection
+
+    model = item.model if item.model in store.get(s.key)["final"] else "student"
+    detector, config, files = inspection.load_run_detector(store.run_dir(s.key) / CHECKPOINT_NAME, model=model)
+    data, _ = inspection.inspection_images(files, unlabeled=unlabeled)
+    return detector, model, data, config
+
+
+def _panels(plot: str, im: Any) -> list[dict[str, Any]]:
+    from ssodlib.evaluation import inspection
+
+    if plot == "detections":
+        tp, keep, missed = inspection.box_outcomes(im, score_thresh=SHOWN_SCORE)
+        boxes = [(*im.boxes[k].tolist(), "lime" if t else "yellow") for k, t in zip(keep.tolist(), tp.tolist())]
+        boxes += [(*b.tolist(), "red") for b in im.gt_boxes[missed]]
+        return [{"image": im.image, "title": f"score >= {SHOWN_SCORE}: TP green, FP yellow, FN red", "boxes": boxes}]
+    before = im.candidate_boxes[im.candidate_scores >= SHOWN_SCORE]
+    after = im.boxes[im.scores >= SHOWN_SCORE]
+    return [{"image": im.image, "title": f"before NMS ({len(before)} boxes >= {SHOWN_SCORE})",
+             "boxes": [(*b.tolist(), "cyan") for b in before]},
+            {"image": im.image, "title": f"after NMS ({len(after)} boxes)", "boxes": [(*b.tolist(), "lime") for b in after]}]

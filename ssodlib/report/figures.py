@@ -1,5 +1,6 @@
 """Figures of training runs: pseudo-label curves from the diagnostics logs, AP against the IoU
-threshold, and class-distribution bars. Each writes a PNG and a CSV of the plotted numbers."""
+threshold, class-distribution bars, a metric per row and column, NMS-cluster quality and detections
+drawn on images. Each writes a PNG and a CSV of the plotted numbers."""
 
 from __future__ import annotations
 
@@ -93,3 +94,75 @@ def class_distribution(bars: dict[str, np.ndarray], *, class_names: list[str] | 
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path, pd.DataFrame(rows))
+
+
+def metric_bars(frame: pd.DataFrame, *, metric: str, path: str | os.PathLike) -> bool:
+    """Mean (bars) and standard deviation (whiskers) over folds of a metric, one group per column and
+    one bar per row (``frame``: row, column, value; rows and columns in declaration order)."""
+    plt = _pyplot()
+    done = frame.dropna(subset=["value"])
+    if done.empty:
+        return False
+    stats = done.groupby(["row", "column"], sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    rows, cols = list(dict.fromkeys(frame["row"])), list(dict.fromkeys(frame["column"]))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(rows) * len(cols)), 3.6))
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        s = stats[stats["row"] == row].set_index("column").reindex(cols)
+        x = np.arange(len(cols)) + i * width
+        ax.bar(x, s["mean"], width, yerr=s["std"].fillna(0.0), capsize=3, label=row)
+        for xi, m in zip(x, s["mean"]):
+            if np.isfinite(m):
+                ax.annotate(f"{m:.1f}", (xi, m), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, cols)
+    ax.set_ylabel(metric)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path, stats)
+
+
+def cluster_quality_scatter(frame: pd.DataFrame, *, path: str | os.PathLike, score_thresh: float = 0.8,
+                            iou_thresh: float = 0.8) -> bool:
+    """IoU with ground truth against the NMS cluster's mean score (left) and mean IoU (right); boxes
+    whose cluster passes both thresholds are orange (``frame``: see ``evaluation.inspection.cluster_quality``)."""
+    plt = _pyplot()
+    data = frame.dropna(subset=["mean_score", "mean_iou"])
+    if data.empty:
+        return False
+    mined = (data["mean_score"] >= score_thresh) & (data["mean_iou"] >= iou_thresh)
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.6))
+    for ax, key in zip(axes, ("mean_score", "mean_iou")):
+        ax.scatter(data.loc[~mined, key], data.loc[~mined, "iou_gt"], s=6, alpha=0.5, label="other boxes")
+        ax.scatter(data.loc[mined, key], data.loc[mined, "iou_gt"], s=8, color="tab:orange",
+                   label=f"mean score >= {score_thresh} and mean IoU >= {iou_thresh}")
+        ax.set_xlabel(key.replace("_", " ") + " of the NMS cluster")
+        ax.set_ylabel("IoU with ground truth")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path, data)
+
+
+def detection_grid(panels: dict[str, list[dict[str, Any]]], *, path: str | os.PathLike) -> bool:
+    """Images with boxes: one figure row per key of ``panels``, one panel per entry; an entry has
+    ``image`` ``(3, H, W)`` uint8, ``title`` and ``boxes``: ``(x1, y1, x2, y2, colour)`` tuples."""
+    plt = _pyplot()
+    if not panels:
+        return False
+    ncols = max(len(v) for v in panels.values())
+    fig, axes = plt.subplots(len(panels), ncols, figsize=(2.8 * ncols, 2.9 * len(panels)), squeeze=False)
+    rows = []
+    for r, (label, entries) in enumerate(panels.items()):
+        for c in range(ncols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c >= len(entries):
+                continue
+            e = entries[c]
+            ax.imshow(np.asarray(e["image"]).transpose(1, 2, 0))
+            for x1, y1, x2, y2, colour in e["boxes"]:
+                ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, lw=1))
+                rows.append({"row": label, "panel": e["title"], "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+                             "colour": colour})
+            ax.set_title(f"{label}\n{e['title']}", fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path, pd.DataFrame(rows, columns=["row", "panel", "x1", "y1", "x2", "y2", "colour"]))

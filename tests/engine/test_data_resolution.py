@@ -60,8 +60,8 @@ def test_a_missing_coco_file_names_it_and_the_split_command(tmp_path, remove):
 def test_paper_scale_on_the_embedded_benchmark_and_unknown_datasets_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="paper scale trains on COCO or VOC.*dataset=coco"):
         resolve_data(train_config("paper", dataset="synth", data_root=str(tmp_path)))
-    with pytest.raises(InputError, match="unknown dataset 'voc'"):
-        resolve_data(train_config("smoke", dataset="voc", data_root=str(tmp_path)))
+    with pytest.raises(InputError, match="unknown dataset 'voc07'.*synth, coco, coco-additional, voc"):
+        resolve_data(train_config("smoke", dataset="voc07", data_root=str(tmp_path)))
     assert not list(tmp_path.iterdir())  # nothing generated on the way
 
 
@@ -72,3 +72,35 @@ def test_explicit_files_win_over_the_dataset(tmp_path):
         Path("l.json"), None, Path("v.json"), Path("img"), Path("img"))
     with pytest.raises(InputError, match="labeled_ann needs val_ann and image_dir"):
         resolve_data(train_config("smoke", labeled_ann="l.json"))
+
+
+def test_coco_additional_reads_unlabeled2017_from_its_own_folder(tmp_path):
+    coco = tmp_path / "coco"
+    for d in ("annotations", "train2017", "val2017", "unlabeled2017"):
+        (coco / d).mkdir(parents=True)
+    for f in ("instances_train2017.json", "instances_val2017.json"):
+        (coco / "annotations" / f).touch()
+    config = train_config("paper", dataset="coco-additional", data_root=str(tmp_path))
+    with pytest.raises(InputError) as e:
+        resolve_data(config)
+    assert str(e.value).startswith(f"{coco}/annotations/unlabeled2017.json: not found")
+    assert f"ssod data image-list --image-info {coco}/annotations/image_info_unlabeled2017.json" in str(e.value)
+    (coco / "annotations" / "unlabeled2017.json").touch()
+    files = resolve_data(config)
+    assert files.labeled_ann == coco / "annotations" / "instances_train2017.json"
+    assert files.image_dir == coco / "train2017" and files.unlabeled_images == coco / "unlabeled2017"
+    assert files.val_ann == coco / "annotations" / "instances_val2017.json" and files.val_images == coco / "val2017"
+
+
+def test_voc_reads_the_converted_files_of_voc_to_coco(tmp_path):
+    voc = tmp_path / "VOCdevkit"
+    (voc / "coco_json").mkdir(parents=True)
+    config = train_config("paper", dataset="voc", data_root=str(tmp_path))
+    with pytest.raises(InputError, match=f"voc07_trainval.json: not found.*voc-to-coco --devkit {voc} "):
+        resolve_data(config)
+    for f in ("voc07_trainval.json", "voc12_trainval.json", "voc07_test.json"):
+        (voc / "coco_json" / f).touch()
+    files = resolve_data(config)
+    assert (files.labeled_ann.name, files.unlabeled_ann.name, files.val_ann.name) == (
+        "voc07_trainval.json", "voc12_trainval.json", "voc07_test.json")
+    assert files.image_dir == files.val_images == files.unlabeled_images == voc

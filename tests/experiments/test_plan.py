@@ -172,7 +172,8 @@ def test_unknown_table_scale_column_and_key_name_the_yaml_file(papers):
     cases = [
         (lambda: plan("tiny", "table9", "smoke"), tiny, "table9"),
         (lambda: plan("tiny", "t1", "paper"), tiny, "'paper'"),
-        (lambda: plan("tiny", "all", "mini"), tiny, "'mini'"),  # f1 declares no mini runs
+        (lambda: plan("tiny", "f1", "mini"), tiny, "'mini'"),  # f1 declares no mini runs
+        (lambda: plan("tiny", "all", "paper"), tiny, "'paper'"),  # no item does
         (lambda: plan("tiny", "t1", "smoke", columns=["50%"]), tiny, "'50%'"),
         (lambda: plan("broken", "badkey", "smoke"), broken, "lrr"),
         (lambda: plan("broken", "badsource", "smoke"), broken, "'Supervised'"),
@@ -218,3 +219,59 @@ def test_every_published_counterpart_of_the_baselines_resolves(monkeypatch):
                     assert isinstance(value, float), (item.id, row["name"], ref, column)
                     checked += 1
     assert checked == 2 * 5 * 3  # two rows, five papers each, three columns
+
+
+OPTIONS = """
+paper: opts
+items:
+  - id: ablation
+    kind: figure
+    rows:
+      - {name: Sup, method: supervised}
+      - {name: LM, method: labelmatch, burn_in_from: Sup, set: {method_options: {mining: false}}}
+    columns:
+      - {name: "a=0.2", set: {method_options: {alpha: 0.2}}}
+      - {name: "a=0.5", set: {method_options: {alpha: 0.5, act_images: 7}}}
+    scales:
+      smoke: {method_options: {labelmatch: {act_interval: 2, act_images: 50}}}
+  - id: paper_only
+    kind: table
+    rows: [{name: Sup, method: supervised}]
+    columns: [{name: "5%"}]
+    scales: {paper: {}}
+"""
+
+
+def test_method_options_merge_scale_column_row_and_drop_defaults(tmp_path, monkeypatch):
+    (tmp_path / "opts").mkdir()
+    (tmp_path / "opts" / "experiments.yaml").write_text(OPTIONS)
+    monkeypatch.setenv("SSOD_PAPERS_DIR", str(tmp_path))
+    runs = {(s.row, s.column): s for s in plan_items("opts", "ablation", "smoke")["ablation"]}
+    # the scale's options reach only labelmatch rows; a column's option that is the default (alpha 0.2)
+    # is left out, and a column's options never reach the supervised row, which stays one run
+    assert runs["Sup", "a=0.2"].config.method_options == {} and runs["Sup", "a=0.2"].key == runs["Sup", "a=0.5"].key
+    assert runs["LM", "a=0.2"].config.method_options == {"act_interval": 2, "act_images": 50, "mining": False}
+    assert runs["LM", "a=0.5"].config.method_options == {"act_interval": 2, "act_images": 7, "mining": False,
+                                                         "alpha": 0.5}
+    assert runs["LM", "a=0.2"].burn_in_from == runs["Sup", "a=0.2"].key
+    overridden = plan_items("opts", "ablation", "smoke", overrides={"method_options": {"act_interval": 5}})
+    assert {s.config.method_options.get("act_interval") for s in overridden["ablation"] if s.row == "LM"} == {5}
+    # "all" plans the items declared at the scale; naming an item that is not is an error
+    assert set(plan_items("opts", "all", "smoke")) == {"ablation"}
+    assert set(plan_items("opts", "all", "paper")) == {"paper_only"}
+    with pytest.raises(InputError, match="declares no runs for scale 'smoke'"):
+        plan_items("opts", "paper_only", "smoke")
+
+
+def test_the_labelmatch_declaration_plans_at_every_scale(monkeypatch):
+    monkeypatch.delenv("SSOD_PAPERS_DIR", raising=False)
+    runs = {scale: plan("labelmatch", "all", scale) for scale in ("smoke", "mini", "paper")}
+    mini = runs["mini"]
+    methods = [s.config.method for s in mini]
+    # two supervised burn-ins (1 %, 5 %) serve every semi-supervised run
+    assert methods.count("supervised") == 2 and all(s.burn_in_from for s in mini if s.config.method != "supervised")
+    lm = [s.config.method_options for s in mini if s.config.method == "labelmatch"]
+    assert all(o["act_interval"] in (100, 250, None) and o["act_images"] == 500 for o in lm)
+    assert {(o.get("act", True), o.get("fixed_threshold", 0.9)) for o in lm} >= {(False, 0.7), (False, 0.8), (False, 0.9)}
+    assert {s.config.dataset for s in runs["paper"]} == {"coco", "coco-additional", "voc"}
+    assert all(s.config.method_options == {} for s in runs["paper"] if s.item == "table1")  # the official K, images

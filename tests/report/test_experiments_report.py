@@ -11,7 +11,7 @@ import pytest
 
 from ssodlib.experiments.plan import load_declarations, plan_items
 from ssodlib.experiments.store import ResultsStore
-from ssodlib.report.experiments import render, results_frame, summary_table, versus_published
+from ssodlib.report.experiments import metric_value, render, results_frame, summary_table, versus_published
 
 EXPERIMENTS = """
 paper: rep
@@ -146,7 +146,8 @@ def test_render_writes_tables_and_figures_and_lists_missing_runs(setup, tmp_path
     report = render(items, paper="rep", scale="smoke", results_dir=store.root, out_dir=out)
     expected_missing = sorted({specs[c].key for c in specs} - {specs[c].key for c in DONE})
     assert report.missing == expected_missing and len(expected_missing) == 3
-    assert set(report.tables) == {"tab_runs", "tab", "tab_vs_published", "fig_runs"}
+    assert set(report.tables) == {"tab_runs", "tab", "tab_vs_published", "fig_runs", "fig", "fig_pseudo_labels",
+                                  "tab_pseudo_labels"}
     for name, frame in report.tables.items():
         saved = pd.read_csv(out / f"{name}.csv", keep_default_na=False)
         assert list(saved.columns) == list(frame.columns) and len(saved) == len(frame)
@@ -155,6 +156,11 @@ def test_render_writes_tables_and_figures_and_lists_missing_runs(setup, tmp_path
     assert len(runs) == 8 and runs["done"].sum() == 5
     assert runs.loc[~runs["done"], "value"].isna().all()  # never an invented value
     assert sorted(runs.loc[runs["done"], "value"].round(6)) == [20.0, 22.0, 25.0, 27.0, 30.0]
+
+    # the pseudo-label run's diagnostics averaged over its two logged steps
+    labels = report.tables["fig_pseudo_labels"].to_dict("records")
+    assert labels == [{"row": "PL", "column": "1%", "fold": 1, "pl_per_image": 1.25, "gt_per_image": 1.5,
+                       "pl_precision": 0.625, "pl_recall": 0.375, "pl_class_kl": 0.2}]
 
     assert set(report.figures) == {"fig_pseudo_label_curves", "fig_ap_per_iou", "fig_class_distribution"}
     for path in report.figures.values():
@@ -177,7 +183,7 @@ def test_render_writes_tables_and_figures_and_lists_missing_runs(setup, tmp_path
     fractions = {(r["series"], r["class"]): r["fraction"] for r in dist.to_dict("records")}
     assert len(fractions) == 6
     for c in CLASSES:
-        assert fractions["ground truth (unlabeled)", c] == pytest.approx(1 / 3)
+        assert fractions["ground truth (unlabeled): 1% f1", c] == pytest.approx(1 / 3)
     assert [fractions["pseudo labels: PL 1% f1", c] for c in CLASSES] == pytest.approx([0.75, 0.25, 0.0])
 
 
@@ -188,3 +194,46 @@ def test_render_with_nothing_done_writes_only_missing(setup, tmp_path):
     assert set(report.tables["tab"]["1%"]) == {"missing"} and set(report.tables["tab"]["5%"]) == {"missing"}
     assert report.tables["tab_vs_published"]["delta"].isna().all()
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_metric_value_reads_a_key_one_class_or_the_mean_of_classes():
+    metrics = {"ap": 0.3, "per_class_ap": {"a": 0.1, "b": 0.4, "c": None}}
+    assert metric_value(metrics, "ap") == 0.3
+    assert metric_value(metrics, "class:b") == 0.4
+    assert metric_value(metrics, "classes:a,b") == pytest.approx(0.25)
+    assert metric_value(metrics, "classes:a, c") == pytest.approx(0.1)  # a class absent from validation: skipped
+    with pytest.raises(KeyError, match="class:NAME or classes"):
+        metric_value(metrics, "class:zebra")
+
+
+COLUMN_METRICS = """
+paper: cm
+items:
+  - id: per_class
+    kind: table
+    metric: ap
+    plots: [metric_bars]
+    rows: [{name: Sup, method: supervised}]
+    columns:
+      - {name: all}
+      - {name: b, metric: "class:b"}
+      - {name: tail, metric: "classes:b,c"}
+    scales: {smoke: {folds: [1, 2]}}
+"""
+
+
+def test_columns_may_name_their_own_metric_and_share_one_run(tmp_path, monkeypatch):
+    (tmp_path / "papers" / "cm").mkdir(parents=True)
+    (tmp_path / "papers" / "cm" / "experiments.yaml").write_text(COLUMN_METRICS)
+    monkeypatch.setenv("SSOD_PAPERS_DIR", str(tmp_path / "papers"))
+    items = plan_items("cm", "all", "smoke")
+    assert len({s.key for s in items["per_class"]}) == 2  # three columns, one run per fold
+    store = ResultsStore(tmp_path / "results")
+    for s, (ap, b, c) in zip(items["per_class"][::3], [(0.3, 0.2, 0.6), (0.5, 0.4, 0.8)]):
+        store.put(s.key, {"final": {"student": {"ap": ap, "per_class_ap": {"a": 0.0, "b": b, "c": c}}}})
+    report = render(items, paper="cm", scale="smoke", results_dir=store.root, out_dir=tmp_path / "out")
+    line = report.tables["per_class"].to_dict("records")[0]
+    assert line == {"per_class": "Sup", "all": "40.00 ± 14.14 (2/2)", "b": "30.00 ± 14.14 (2/2)",
+                    "tail": "50.00 ± 14.14 (2/2)"}
+    bars = pd.read_csv(tmp_path / "out" / "per_class_metric_bars.csv")
+    assert list(bars["column"]) == ["all", "b", "tail"] and list(bars["mean"].round(6)) == [40.0, 30.0, 50.0]

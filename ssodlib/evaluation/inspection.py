@@ -1,0 +1,129 @@
+"""A trained run's detector on a few images: its detections before and after NMS next to the ground
+truth, and the quality of each kept box against the statistics of its NMS cluster (LabelMatch
+Fig. 3, 5 and 7)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from ssodlib.data.coco import CocoDetection, load_coco
+from ssodlib.data.transforms import WeakViewConfig, transform_boxes, weak_view
+from ssodlib.engine.checkpoint import load_checkpoint
+from ssodlib.engine.config import TrainConfig
+from ssodlib.engine.data import DataFiles, resolve_data
+from ssodlib.evaluation.pseudo_labels import match_to_ground_truth
+from ssodlib.io import InputError
+from ssodlib.models.detector import DetectorConfig, FasterRCNN
+
+
+def load_run_detector(checkpoint: str | os.PathLike, *, model: str = "teacher") -> tuple[FasterRCNN, TrainConfig,
+                                                                                         DataFiles]:
+    """The ``model`` ("teacher" or "student") weights of a run's checkpoint, its config and data files."""
+    ckpt = load_checkpoint(checkpoint)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()}
+    config = TrainConfig(**fields)
+    files = resolve_data(config)
+    if not ckpt.get(model):
+        raise InputError(f"{checkpoint}: has no {model} weights (the method has no teacher). Fix: use the student.")
+    detector = FasterRCNN(config=DetectorConfig(num_classes=load_coco(files.labeled_ann).num_classes,
+                                                **config.detector_kwargs()))
+    detector.load_state_dict(ckpt[model])
+    return detector.eval(), config, files
+
+
+@dataclass
+class ImageDetections:
+    """One image (``(3, H, W)`` uint8), its ground truth and the detector's output, all in its pixels:
+    kept ``boxes`` ``(K, 4)`` / ``scores`` / ``labels``, pre-NMS ``candidate_*`` ``(Q, ...)`` and
+    ``cluster`` ``(Q,)`` (the kept box that suppressed each candidate, -1 for none)."""
+
+    image: Tensor
+    gt_boxes: Tensor
+    gt_labels: Tensor
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    candidate_boxes: Tensor
+    candidate_scores: Tensor
+    candidate_labels: Tensor
+    cluster: Tensor
+
+
+@torch.no_grad()
+def detect_images(detector: FasterRCNN, dataset: CocoDetection, indices: Sequence[int], *, test_scale: int,
+                  max_size: int) -> list[ImageDetections]:
+    """Detections with NMS candidates on images ``indices`` seen at the test view, mapped back."""
+    view = WeakViewConfig(scales=(test_scale,), max_size=max_size, flip_prob=0.0)
+    g = torch.Generator()
+    out = []
+    for i in indices:
+        image, target = dataset[i]
+        v, m = weak_view(image, view, g)
+        det = detector.predict([v], with_candidates=True)[0]
+        inv = torch.linalg.inv(m)
+        out.append(ImageDetections(
+            image=image, gt_boxes=target["boxes"], gt_labels=target["labels"],
+            boxes=transform_boxes(det.boxes.float().cpu(), inv), scores=det.scores.float().cpu(),
+            labels=det.labels.cpu(), candidate_boxes=transform_boxes(det.candidate_boxes.float().cpu(), inv),
+            candidate_scores=det.candidate_scores.float().cpu(), candidate_labels=det.candidate_labels.cpu(),
+            cluster=det.cluster.cpu()))
+    return out
+
+
+def cluster_quality(images: Sequence[ImageDetections]) -> pd.DataFrame:
+    """One line per kept box: its score, the mean score and mean IoU of its NMS cluster (the candidates
+    it suppressed, itself excluded; NaN when it suppressed none), and its best IoU with a ground-truth
+    box of its class (0 when there is none)."""
+    from ssodlib.methods.labelmatch import nms_cluster_statistics
+
+    lines = []
+    for n, im in enumerate(images):
+        ms, mi = nms_cluster_statistics(boxes=im.boxes, scores=im.scores, candidate_boxes=im.candidate_boxes,
+                                        candidate_scores=im.candidate_scores, cluster=im.cluster)
+        best = _best_iou_same_class(im.boxes, im.labels, im.gt_boxes, im.gt_labels)
+        lines += [{"image": n, "label": int(c), "score": float(s), "mean_score": float(a), "mean_iou": float(b),
+                   "iou_gt": float(i)} for c, s, a, b, i in zip(im.labels, im.scores, ms, mi, best)]
+    return pd.DataFrame(lines, columns=["image", "label", "score", "mean_score", "mean_iou", "iou_gt"])
+
+
+def _best_iou_same_class(boxes: Tensor, labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> Tensor:
+    if len(boxes) == 0 or len(gt_boxes) == 0:
+        return torch.zeros(len(boxes))
+    iou = box_iou(boxes, gt_boxes.float())
+    iou[labels[:, None] != gt_labels[None, :]] = 0.0
+    return iou.max(1).values
+
+
+def box_outcomes(im: ImageDetections, *, score_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Kept boxes scoring ``>= score_thresh``: ``(K',)`` true-positive flags (IoU 0.5, same class), their
+    index into ``im.boxes``, and ``(M,)`` flags of ground-truth boxes no kept box found (false negatives)."""
+    keep = torch.where(im.scores >= score_thresh)[0]
+    tp, _ = match_to_ground_truth(im.boxes[keep], im.labels[keep], im.scores[keep], im.gt_boxes, im.gt_labels)
+    found = torch.zeros(len(im.gt_boxes), dtype=torch.bool)
+    if len(keep) and len(im.gt_boxes):
+        iou = box_iou(im.boxes[keep][tp], im.gt_boxes.float())
+        iou[im.labels[keep][tp][:, None] != im.gt_labels[None, :]] = 0.0
+        if len(iou):
+            found[iou.max(0).values >= 0.5] = True
+    return tp, keep, ~found
+
+
+def inspection_images(files: DataFiles, *, unlabeled: bool) -> tuple[CocoDetection, Path]:
+    """The unlabeled training images (with their withheld labels) or the validation images of a run."""
+    if unlabeled and files.unlabeled_ann is not None:
+        return CocoDetection(ann_file=files.unlabeled_ann, image_dir=files.unlabeled_images), files.unlabeled_ann
+    return CocoDetection(ann_file=files.val_ann, image_dir=files.val_images), files.val_ann
+
+
+def spread_indices(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``0..n-1`` (a fixed, seed-free choice of images)."""
+    return sorted(set(np.linspace(0, n - 1, num=min(k, n)).round().astype(int).tolist())) if n else []

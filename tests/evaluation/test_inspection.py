@@ -1,0 +1,46 @@
+"""Inspection of a detector's boxes: NMS-cluster statistics against ground truth (LabelMatch Fig. 3)
+and the true / false positives and false negatives drawn in Fig. 5, on hand-made detections."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ssodlib.evaluation.inspection import ImageDetections, box_outcomes, cluster_quality, spread_indices
+
+
+def _image() -> ImageDetections:
+    # kept: A (class 0, 0.9) and B (class 1, 0.8). A suppressed A2 (IoU 0.8, score 0.7) and A3 (IoU 0.5,
+    # score 0.5); B suppressed nothing. Ground truth: a class-0 box at IoU 0.9 with A, and a class-0 box
+    # exactly at B (another class, so B is a false positive and that box a false negative).
+    a, b = [0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]
+    return ImageDetections(
+        image=torch.zeros(3, 40, 40, dtype=torch.uint8),
+        gt_boxes=torch.tensor([[0.0, 0.0, 10.0, 9.0], b]), gt_labels=torch.tensor([0, 0]),
+        boxes=torch.tensor([a, b]), scores=torch.tensor([0.9, 0.8]), labels=torch.tensor([0, 1]),
+        candidate_boxes=torch.tensor([a, [0.0, 0.0, 10.0, 8.0], [0.0, 0.0, 10.0, 5.0], b]),
+        candidate_scores=torch.tensor([0.9, 0.7, 0.5, 0.8]), candidate_labels=torch.tensor([0, 0, 0, 1]),
+        cluster=torch.tensor([0, 0, 0, 1]))
+
+
+def test_cluster_quality_gives_cluster_means_and_iou_with_ground_truth_of_the_same_class():
+    frame = cluster_quality([_image()])
+    a, b = frame.to_dict("records")
+    assert a["score"] == pytest.approx(0.9) and a["label"] == 0
+    assert a["mean_score"] == pytest.approx(0.6) and a["mean_iou"] == pytest.approx(0.65)
+    assert a["iou_gt"] == pytest.approx(0.9)
+    assert math.isnan(b["mean_score"]) and math.isnan(b["mean_iou"]) and b["iou_gt"] == 0.0
+
+
+def test_box_outcomes_mark_true_and_false_positives_and_missed_ground_truth():
+    tp, keep, missed = box_outcomes(_image(), score_thresh=0.6)
+    assert keep.tolist() == [0, 1] and tp.tolist() == [True, False] and missed.tolist() == [False, True]
+    tp, keep, missed = box_outcomes(_image(), score_thresh=0.95)  # nothing shown: every box is missed
+    assert keep.tolist() == [] and missed.tolist() == [True, True]
+
+
+def test_spread_indices_are_fixed_and_cover_the_range():
+    assert spread_indices(10, 3) == [0, 4, 9]  # 4.5 rounds to even
+    assert spread_indices(2, 5) == [0, 1] and spread_indices(0, 3) == []
