@@ -131,11 +131,11 @@ def cluster_quality_scatter(frame: pd.DataFrame, *, path: str | os.PathLike, sco
         return False
     mined = (data["mean_score"] >= score_thresh) & (data["mean_iou"] >= iou_thresh)
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.6))
-    for ax, key in zip(axes, ("mean_score", "mean_iou")):
+    for ax, (key, name) in zip(axes, (("mean_score", "mean score"), ("mean_iou", "mean IoU"))):
         ax.scatter(data.loc[~mined, key], data.loc[~mined, "iou_gt"], s=6, alpha=0.5, label="other boxes")
         ax.scatter(data.loc[mined, key], data.loc[mined, "iou_gt"], s=8, color="tab:orange",
                    label=f"mean score >= {score_thresh} and mean IoU >= {iou_thresh}")
-        ax.set_xlabel(key.replace("_", " ") + " of the NMS cluster")
+        ax.set_xlabel(f"{name} of the NMS cluster")
         ax.set_ylabel("IoU with ground truth")
     axes[0].legend(fontsize=7)
     fig.tight_layout()

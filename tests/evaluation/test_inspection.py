@@ -44,3 +44,22 @@ def test_box_outcomes_mark_true_and_false_positives_and_missed_ground_truth():
 def test_spread_indices_are_fixed_and_cover_the_range():
     assert spread_indices(10, 3) == [0, 4, 9]  # 4.5 rounds to even
     assert spread_indices(2, 5) == [0, 1] and spread_indices(0, 3) == []
+
+
+def test_inspection_figures_write_png_and_the_plotted_numbers(tmp_path):
+    import pandas as pd
+
+    from ssodlib.report.figures import cluster_quality_scatter, detection_grid
+
+    frame = cluster_quality([_image()])
+    assert cluster_quality_scatter(frame, path=tmp_path / "fig3.png")
+    plotted = pd.read_csv(tmp_path / "fig3.csv")
+    assert len(plotted) == 1 and plotted["iou_gt"].tolist() == pytest.approx([0.9])  # B has no cluster: not drawn
+    assert not cluster_quality_scatter(frame.iloc[1:], path=tmp_path / "empty.png")
+
+    im = _image()
+    panel = {"image": im.image, "title": "t", "boxes": [(*im.boxes[0].tolist(), "lime"), (1, 2, 3, 4, "red")]}
+    assert detection_grid({"run a": [panel, panel], "run b": [panel]}, path=tmp_path / "fig5.png")
+    boxes = pd.read_csv(tmp_path / "fig5.csv")
+    assert len(boxes) == 6 and set(boxes["colour"]) == {"lime", "red"}
+    assert (tmp_path / "fig5.png").read_bytes()[:4] == b"\x89PNG"
