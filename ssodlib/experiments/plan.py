@@ -28,9 +28,8 @@ A declaration (one item; rows x columns x folds is the set of runs)::
 ``method_options`` dicts merge key by key, later winning: the scale's options for the row's method,
 the column's, then the row's (so a column can vary one option of a scale-specific setting); a
 column's options reach only the rows whose method has them (a Supervised row beside LabelMatch
-variants stays one run). A column
-may name its own ``metric`` (a table whose columns are metrics or classes, see
-:func:`ssodlib.report.experiments.metric_value`).
+variants stays one run). A column may name its own ``metric`` (a table whose columns are metrics or
+classes, see :func:`ssodlib.report.experiments.metric_value`).
 """
 
 from __future__ import annotations
@@ -191,9 +190,9 @@ def _config(scale: str, row: dict[str, Any], col: dict[str, Any], at_scale: dict
     values: dict[str, Any] = {**layers[0], **layers[1], **layers[2], "method": row["method"], "fold": fold, **overrides}
     values.pop("method_options", None)
     options = {**at_scale.get("method_options", {}).get(row["method"], {})}
-    for layer in (*layers, overrides):
+    for depth, layer in enumerate((*layers, overrides)):
         layer_options = layer.get("method_options", {})
-        if layer is layers[1] and layer_options:  # a column varies the options of the rows that have them
+        if depth == 1 and layer_options:  # a column varies the options of the rows that have them
             known = _option_defaults(row["method"])
             layer_options = {k: v for k, v in layer_options.items() if k in known}
         options.update(layer_options)
