@@ -103,10 +103,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # recall, which teach the student that most objects are background (measured: burn-in 1000 of 2000
     # gave pseudo_label 7.3 AP against supervised 9.3 at iteration 1500). Unsupervised weight 1: it beat
     # 2 with and without the LR step (fold 1 at 5 %: 19.2 against 17.8 teacher AP at iteration 3000).
+    # Focal loss in the RoI classifier (Unbiased Teacher's): at 5 %, supervised AP at 3000 rose from
+    # 19.7 / 16.4 (cross-entropy) to 25.5 / 22.3 on folds 1 / 2, and the burn-in teacher's pseudo labels
+    # at 0.7 from precision 0.77 / recall 0.23 to 0.83 / 0.30 (fold 1).
     # Supervised runs keep a snapshot at the burn-in, from which semi-supervised runs start (init_from).
     "mini": dict(
         backbone="tiny", fpn_channels=64, representation_size=256, anchor_sizes=(8, 16, 32, 64, 128),
-        roi_batch_size=128, roi_sampling_ratio=1, iterations=3000, burn_in=2000, lr_steps=(2600,),
+        roi_batch_size=128, roi_sampling_ratio=1, cls_loss="focal", iterations=3000, burn_in=2000, lr_steps=(2600,),
         labeled_per_batch=2, unlabeled_per_batch=2, lr=0.02, warmup_iters=100, ema_keep_rate=0.995,
         unsup_weight=1.0, snapshots=(2000,), eval_every=500, checkpoint_every=250, log_every=20,
     ),
