@@ -113,9 +113,23 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     image_dir = args.image_dir or files.val_images
     metrics = evaluate_detector(model, ann_file=ann_file, image_dir=image_dir, test_scale=config.test_scale,
                                 max_size=config.max_size, progress=not args.quiet).to_dict()
+    if args.errors is not None:
+        metrics["errors"] = _box_errors(model, config, files, score_thresh=args.errors, num_images=args.error_images)
     if args.out:
         write_json(args.out, metrics, indent=2)
     print(f"{args.model}: AP {100 * metrics['ap']:.2f}  AP50 {100 * metrics['ap50']:.2f}  AP75 {100 * metrics['ap75']:.2f}")
+    if args.errors is not None:
+        print(f"boxes >= {args.errors:g} on unlabeled images: " +
+              "  ".join(f"{k} {v:.3f}" for k, v in metrics["errors"].items()))
+
+
+def _box_errors(model, config, files, *, score_thresh: float, num_images: int) -> dict[str, float]:
+    from ssodlib.evaluation.inspection import detect_images, error_breakdown, inspection_images, spread_indices
+
+    dataset, _ = inspection_images(files, unlabeled=True)
+    images = detect_images(model, dataset, spread_indices(len(dataset), num_images), test_scale=config.test_scale,
+                           max_size=config.max_size)
+    return error_breakdown(images, score_thresh=score_thresh)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -307,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ann-file", type=Path, default=None, help="default: the run's validation set")
     p.add_argument("--image-dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--errors", type=float, default=None, metavar="SCORE",
+                   help="also break down the boxes scoring >= SCORE on unlabeled training images (pseudo labels "
+                        "at that threshold) into true positives, duplicates, wrong class, localization, background")
+    p.add_argument("--error-images", type=int, default=150, help="unlabeled images for --errors, spread evenly")
     p.set_defaults(func=_cmd_eval)
 
     _add_experiment_parsers(sub)

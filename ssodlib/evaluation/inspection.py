@@ -117,6 +117,51 @@ def box_outcomes(im: ImageDetections, *, score_thresh: float) -> tuple[Tensor, T
     return tp, keep, ~found
 
 
+ERROR_KINDS = ("true_positive", "duplicate", "wrong_class", "localization", "background")
+
+
+def error_breakdown(images: Sequence[ImageDetections], *, score_thresh: float) -> dict[str, float]:
+    """What the kept boxes scoring ``>= score_thresh`` are, as fractions of them (each box's first match):
+    ``true_positive`` (IoU >= 0.5 with a not yet matched ground-truth box of its class, highest scores
+    first), ``duplicate`` (such a box already matched), ``wrong_class`` (IoU >= 0.5 with a box of another
+    class only), ``localization`` (best IoU in [0.1, 0.5)) and ``background`` (below 0.1: clutter); plus
+    ``boxes_per_image``, ``gt_per_image`` and ``recall`` (matched ground truth / all of it)."""
+    counts = dict.fromkeys(ERROR_KINDS, 0)
+    num_gt = matched_gt = 0
+    for im in images:
+        num_gt += len(im.gt_boxes)
+        kinds, matched = _error_kinds(im, score_thresh)
+        matched_gt += matched
+        for kind in kinds:
+            counts[kind] += 1
+    total = sum(counts.values())
+    out = {k: v / total if total else 0.0 for k, v in counts.items()}
+    n = max(len(images), 1)
+    return {**out, "boxes_per_image": total / n, "gt_per_image": num_gt / n,
+            "recall": matched_gt / num_gt if num_gt else 0.0}
+
+
+def _error_kinds(im: ImageDetections, score_thresh: float) -> tuple[list[str], int]:
+    keep = torch.where(im.scores >= score_thresh)[0]
+    keep = keep[im.scores[keep].argsort(descending=True)]
+    if len(im.gt_boxes) == 0:
+        return ["background"] * len(keep), 0
+    iou = box_iou(im.boxes[keep].float(), im.gt_boxes.float())
+    used: set[int] = set()
+    kinds = []
+    for row, label in zip(iou, im.labels[keep]):
+        same = torch.where(im.gt_labels == label, row, torch.zeros_like(row))
+        j = int(same.argmax())
+        if same[j] >= 0.5:
+            kinds.append("duplicate" if j in used else "true_positive")
+            used.add(j)
+        elif row.max() >= 0.5:
+            kinds.append("wrong_class")
+        else:
+            kinds.append("localization" if row.max() >= 0.1 else "background")
+    return kinds, len(used)
+
+
 def inspection_images(files: DataFiles, *, unlabeled: bool) -> tuple[CocoDetection, Path]:
     """The unlabeled training images (with their withheld labels) or the validation images of a run."""
     if unlabeled and files.unlabeled_ann is not None:

@@ -192,6 +192,12 @@ def test_train_and_eval_commands(smoke_config, tmp_path, capsys):
                  "--out", str(tmp_path / "m.json")]) == 0
     final = json.loads((out / "final.json").read_text())
     assert json.loads((tmp_path / "m.json").read_text())["ap"] == pytest.approx(final["student"]["ap"])
+    assert main(["--quiet", "eval", "--checkpoint", str(out / "checkpoint.pt"), "--model", "student", "--errors", "0.0",
+                 "--error-images", "4", "--out", str(tmp_path / "e.json")]) == 0
+    errors = json.loads((tmp_path / "e.json").read_text())["errors"]
+    kinds = ("true_positive", "duplicate", "wrong_class", "localization", "background")
+    assert errors["gt_per_image"] > 0 and "boxes >= 0 on unlabeled images" in capsys.readouterr().out
+    assert sum(errors[k] for k in kinds) == pytest.approx(1.0 if errors["boxes_per_image"] else 0.0)
     assert main(["train", "--scale", "smoke", "--set", "iterationz=2", "--out", str(out)]) == 2
     assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert main(["--quiet", "eval", "--checkpoint", str(out / "checkpoint.pt"), "--model", "teacher"]) == 2

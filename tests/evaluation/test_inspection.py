@@ -63,3 +63,26 @@ def test_inspection_figures_write_png_and_the_plotted_numbers(tmp_path):
     boxes = pd.read_csv(tmp_path / "fig5.csv")
     assert len(boxes) == 6 and set(boxes["colour"]) == {"lime", "red"}
     assert (tmp_path / "fig5.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_error_breakdown_sorts_boxes_into_true_positives_duplicates_wrong_class_localization_and_background():
+    from ssodlib.evaluation.inspection import error_breakdown
+
+    gt = [[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]
+    boxes = [[0.0, 0.0, 10.0, 9.0],   # class 0, IoU 0.9 with gt 0: true positive (highest score)
+             [0.0, 0.0, 10.0, 8.0],   # class 0, IoU 0.8 with gt 0 again: duplicate
+             [20.0, 20.0, 30.0, 30.0],  # class 1 on the class-0 gt 1: wrong class
+             [20.0, 20.0, 30.0, 23.0],  # class 0, IoU 0.3 with gt 1: localization
+             [50.0, 50.0, 60.0, 60.0],  # nothing there: background
+             [50.0, 0.0, 60.0, 10.0]]   # below the threshold: not counted
+    im = ImageDetections(
+        image=torch.zeros(3, 64, 64, dtype=torch.uint8), gt_boxes=torch.tensor(gt), gt_labels=torch.tensor([0, 0]),
+        boxes=torch.tensor(boxes), scores=torch.tensor([0.9, 0.85, 0.8, 0.75, 0.7, 0.3]),
+        labels=torch.tensor([0, 0, 1, 0, 0, 0]), candidate_boxes=torch.zeros(0, 4), candidate_scores=torch.zeros(0),
+        candidate_labels=torch.zeros(0, dtype=torch.long), cluster=torch.zeros(0, dtype=torch.long))
+    out = error_breakdown([im], score_thresh=0.5)
+    for kind in ("true_positive", "duplicate", "wrong_class", "localization", "background"):
+        assert out[kind] == pytest.approx(0.2), kind
+    assert out["boxes_per_image"] == 5 and out["gt_per_image"] == 2 and out["recall"] == pytest.approx(0.5)
+    empty = error_breakdown([im], score_thresh=0.95)
+    assert empty["boxes_per_image"] == 0 and empty["recall"] == 0 and empty["true_positive"] == 0
