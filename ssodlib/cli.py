@@ -119,17 +119,21 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         write_json(args.out, metrics, indent=2)
     print(f"{args.model}: AP {100 * metrics['ap']:.2f}  AP50 {100 * metrics['ap50']:.2f}  AP75 {100 * metrics['ap75']:.2f}")
     if args.errors is not None:
-        print(f"boxes >= {args.errors:g} on unlabeled images: " +
-              "  ".join(f"{k} {v:.3f}" for k, v in metrics["errors"].items()))
+        errors = dict(metrics["errors"])
+        source = errors.pop("images_from")
+        print(f"boxes >= {args.errors:g} on {source}: " + "  ".join(f"{k} {v:.3f}" for k, v in errors.items()))
 
 
-def _box_errors(model, config, files, *, score_thresh: float, num_images: int) -> dict[str, float]:
+def _box_errors(model, config, files, *, score_thresh: float, num_images: int) -> dict[str, float | str]:
+    """The breakdown on unlabeled training images, or on validation images for a run without them
+    (``images_from`` says which, with the annotation file)."""
     from ssodlib.evaluation.inspection import detect_images, error_breakdown, inspection_images, spread_indices
 
-    dataset, _ = inspection_images(files, unlabeled=True)
+    dataset, ann_file = inspection_images(files, unlabeled=True)
     images = detect_images(model, dataset, spread_indices(len(dataset), num_images), test_scale=config.test_scale,
                            max_size=config.max_size)
-    return error_breakdown(images, score_thresh=score_thresh)
+    kind = "unlabeled images" if ann_file == files.unlabeled_ann else "validation images"
+    return {"images_from": f"{kind} ({ann_file})", **error_breakdown(images, score_thresh=score_thresh)}
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

@@ -196,12 +196,29 @@ def test_train_and_eval_commands(smoke_config, tmp_path, capsys):
                  "--error-images", "4", "--out", str(tmp_path / "e.json")]) == 0
     errors = json.loads((tmp_path / "e.json").read_text())["errors"]
     kinds = ("true_positive", "duplicate", "wrong_class", "localization", "background")
-    assert errors["gt_per_image"] > 0 and "boxes >= 0 on unlabeled images" in capsys.readouterr().out
+    assert errors["gt_per_image"] > 0 and "boxes >= 0 on unlabeled images (" in capsys.readouterr().out
+    assert errors["images_from"].startswith("unlabeled images (")
     assert sum(errors[k] for k in kinds) == pytest.approx(1.0 if errors["boxes_per_image"] else 0.0)
     assert main(["train", "--scale", "smoke", "--set", "iterationz=2", "--out", str(out)]) == 2
     assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert main(["--quiet", "eval", "--checkpoint", str(out / "checkpoint.pt"), "--model", "teacher"]) == 2
     assert "no teacher weights" in capsys.readouterr().err
+
+
+def test_error_breakdown_of_a_run_without_unlabeled_images_says_it_used_validation_images(smoke_benchmark, tmp_path,
+                                                                                         capsys):
+    from ssodlib.cli import main
+
+    out = tmp_path / "run"
+    files = [f"labeled_ann={smoke_benchmark.fold(fold=1, percent=10.0)}", f"val_ann={smoke_benchmark.annotations('val')}",
+             f"image_dir={smoke_benchmark.image_dir}"]
+    args = [a for f in files for a in ("--set", f)]
+    assert main(["--quiet", "train", "--scale", "smoke", "--method", "supervised", *args, "--set", "iterations=1",
+                 "--set", "threads=1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["--quiet", "eval", "--checkpoint", str(out / "checkpoint.pt"), "--model", "student", "--errors", "0.0",
+                 "--error-images", "2"]) == 0
+    assert f"on validation images ({smoke_benchmark.annotations('val')})" in capsys.readouterr().out
 
 
 def test_a_shared_supervised_burn_in_gives_the_same_run_as_its_own(smoke_config, tmp_path):
