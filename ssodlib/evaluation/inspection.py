@@ -124,7 +124,8 @@ def error_breakdown(images: Sequence[ImageDetections], *, score_thresh: float) -
     """What the kept boxes scoring ``>= score_thresh`` are, as fractions of them (each box's first match):
     ``true_positive`` (matched one-to-one in score order as detection AP does, ``match_to_ground_truth``),
     ``duplicate`` (IoU >= 0.5 with a box of its class that a higher-scoring box took), ``wrong_class``
-    (IoU >= 0.5 with a box of another class only), ``localization`` (best IoU in [0.1, 0.5)) and ``background`` (below 0.1: clutter); plus
+    (IoU >= 0.5 with a box of another class only), ``localization`` (best IoU in [0.1, 0.5)) and
+    ``background`` (below 0.1: clutter); plus
     ``boxes_per_image``, ``gt_per_image`` and ``recall`` (matched ground truth / all of it)."""
     counts = dict.fromkeys(ERROR_KINDS, 0)
     num_gt = matched_gt = 0
@@ -143,10 +144,10 @@ def error_breakdown(images: Sequence[ImageDetections], *, score_thresh: float) -
 
 def _error_kinds(im: ImageDetections, score_thresh: float) -> tuple[list[str], int]:
     keep = torch.where(im.scores >= score_thresh)[0]
-    boxes, labels = im.boxes[keep].float(), im.labels[keep]
-    tp, _ = match_to_ground_truth(boxes, labels, im.scores[keep], im.gt_boxes, im.gt_labels)
     if len(im.gt_boxes) == 0:
         return ["background"] * len(keep), 0
+    boxes, labels = im.boxes[keep].float(), im.labels[keep]
+    tp, _ = match_to_ground_truth(boxes, labels, im.scores[keep], im.gt_boxes, im.gt_labels)
     same_class = _best_iou_same_class(boxes, labels, im.gt_boxes, im.gt_labels)
     any_class = box_iou(boxes, im.gt_boxes.float()).max(1).values
     kinds = ["true_positive" if t else "duplicate" if s >= 0.5 else "wrong_class" if a >= 0.5

@@ -210,8 +210,8 @@ def test_error_breakdown_of_a_run_without_unlabeled_images_says_it_used_validati
     from ssodlib.cli import main
 
     out = tmp_path / "run"
-    files = [f"labeled_ann={smoke_benchmark.fold(fold=1, percent=10.0)}", f"val_ann={smoke_benchmark.annotations('val')}",
-             f"image_dir={smoke_benchmark.image_dir}"]
+    files = [f"labeled_ann={smoke_benchmark.fold(fold=1, percent=10.0)}",
+             f"val_ann={smoke_benchmark.annotations('val')}", f"image_dir={smoke_benchmark.image_dir}"]
     args = [a for f in files for a in ("--set", f)]
     assert main(["--quiet", "train", "--scale", "smoke", "--method", "supervised", *args, "--set", "iterations=1",
                  "--set", "threads=1", "--out", str(out)]) == 0
