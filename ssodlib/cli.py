@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from ssodlib.io import InputError, read_json, write_json
+from ssodlib.io import InputError, read_json, write_json, write_text
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -134,6 +134,28 @@ def _box_errors(model, config, files, *, score_thresh: float, num_images: int) -
                            max_size=config.max_size)
     kind = "unlabeled images" if ann_file == files.unlabeled_ann else "validation images"
     return {"images_from": f"{kind} ({ann_file})", **error_breakdown(images, score_thresh=score_thresh)}
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ssodlib.report import figures
+    from ssodlib.report.runs import eval_curves, pseudo_label_summary
+
+    curves = eval_curves(args.runs, model=args.model, metric=args.metric)
+    with pd.option_context("display.width", 200, "display.max_columns", None):
+        print(f"{args.metric} (%) of the {args.model} (the student where a run has no teacher); "
+              f"lead = run - {curves.columns[0]}")
+        print(curves.to_string(float_format="{:.2f}".format))
+        labels = pseudo_label_summary(args.runs)
+        if not labels.empty:
+            print("\npseudo labels, averaged over training")
+            print(labels.to_string(index=False))
+    if args.csv:
+        write_text(args.csv, curves.round(4).reset_index().to_csv(index=False))
+    if args.plot:
+        figures.eval_curves(curves, metric=args.metric, path=args.plot)
+        print(f"plot: {args.plot}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -330,6 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "at that threshold) into true positives, duplicates, wrong class, localization, background")
     p.add_argument("--error-images", type=int, default=150, help="unlabeled images for --errors, spread evenly")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("compare", help="runs side by side: the metric at each evaluated iteration, each run's "
+                                      "lead over the first, pseudo-label diagnostics")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR", help="run folders; the first is the baseline")
+    p.add_argument("--model", choices=("teacher", "student"), default="teacher")
+    p.add_argument("--metric", default="ap", help="ap, ap50, ap75, ap_small, ap_medium, ap_large")
+    p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
+    p.add_argument("--plot", type=Path, default=None, help="also draw the curves into this PNG")
+    p.set_defaults(func=_cmd_compare)
 
     _add_experiment_parsers(sub)
     _add_slurm_parsers(sub)

@@ -18,6 +18,7 @@ from ssodlib.experiments.reference import published
 from ssodlib.experiments.store import ResultsStore
 from ssodlib.io import write_text
 from ssodlib.report import figures
+from ssodlib.report.runs import pseudo_label_means
 
 
 @dataclass
@@ -130,20 +131,14 @@ def versus_published(item: Item, runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["row", "column", "folds", "reproduced", "std", "published", "source", "delta"])
 
 
-PSEUDO_LABEL_KEYS = ("pl_per_image", "gt_per_image", "pl_precision", "pl_recall", "pl_class_kl",
-                     "pl_reliable_per_image", "pl_uncertain_per_image", "pl_mined_per_image")
-
-
 def pseudo_label_table(specs: list[RunSpec], store: ResultsStore) -> pd.DataFrame:
     """Per finished semi-supervised run, the pseudo-label diagnostics averaged over its logs (boxes per
     image against ground truth, precision and recall at IoU 0.5, class KL, and the method's counts
     per image, e.g. LabelMatch's reliable, uncertain and mined boxes: Fig. 8a's Delta)."""
     out = []
     for s in specs:
-        logs = [r for r in read_metrics(store.run_dir(s.key)) if r.get("pl_images")] if store.is_complete(s.key) else []
-        if logs:
-            means = {k: round(float(np.nanmean([r.get(k, np.nan) for r in logs])), 3) for k in PSEUDO_LABEL_KEYS
-                     if any(k in r for r in logs)}
+        means = pseudo_label_means(read_metrics(store.run_dir(s.key))) if store.is_complete(s.key) else {}
+        if means:
             out.append({"row": s.row, "column": s.column, "fold": s.fold, **means})
     return pd.DataFrame(out)
 

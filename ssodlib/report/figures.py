@@ -166,3 +166,19 @@ def detection_grid(panels: dict[str, list[dict[str, Any]]], *, path: str | os.Pa
             ax.set_title(f"{label}\n{e['title']}", fontsize=7)
     fig.tight_layout()
     return _save(fig, path, pd.DataFrame(rows, columns=["row", "panel", "x1", "y1", "x2", "y2", "colour"]))
+
+
+def eval_curves(frame: pd.DataFrame, *, metric: str, path: str | os.PathLike) -> bool:
+    """A metric (in %) against the iteration, one line per run (``frame``: ``report.runs.eval_curves``;
+    its ``lead`` columns are not drawn)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    runs = [c for c in frame.columns if not str(c).startswith("lead ")]
+    for run in runs:
+        values = frame[run].dropna()
+        ax.plot(values.index, values.to_numpy(), marker="o", ms=3, label=run)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path, frame.reset_index())

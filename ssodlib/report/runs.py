@@ -1,0 +1,73 @@
+"""Side-by-side comparison of training runs from their folders: the evaluated metric at every
+evaluated iteration, each run's lead over the first (the baseline), and the pseudo-label
+diagnostics averaged over training. ``ssod compare`` prints it; a plot draws the curves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ssodlib.engine.trainer import METRICS_NAME, read_metrics
+from ssodlib.io import InputError
+
+PSEUDO_LABEL_KEYS = ("pl_per_image", "gt_per_image", "pl_precision", "pl_recall", "pl_class_kl",
+                     "pl_reliable_per_image", "pl_uncertain_per_image", "pl_mined_per_image")
+
+
+def pseudo_label_means(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The pseudo-label diagnostics of a run's train records averaged over training (keys the run
+    logged; empty when it logged none, e.g. a supervised run)."""
+    logs = [r for r in records if r.get("pl_images")]
+    return {k: round(float(np.nanmean([r.get(k, np.nan) for r in logs])), 3) for k in PSEUDO_LABEL_KEYS
+            if any(k in r for r in logs)}
+
+
+def run_records(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    records = read_metrics(run_dir)
+    if not records:
+        raise InputError(f"{Path(run_dir) / METRICS_NAME}: missing or empty. Fix: pass run folders written by "
+                         "`ssod train --out FOLDER` (or a results store's runs/<key>).")
+    return records
+
+
+def eval_curves(run_dirs: Sequence[str | os.PathLike], *, model: str = "teacher", metric: str = "ap",
+                names: Sequence[str] | None = None) -> pd.DataFrame:
+    """``metric`` in % at every evaluated iteration (rows), one column per run, then ``lead <run>``
+    columns: each run minus the first. ``model`` is read where an evaluation has it, else the student:
+    a supervised run and a burn-in have no teacher, and a mean teacher is compared with them so."""
+    names = list(names) if names else _names(run_dirs)
+    series = {}
+    for name, run_dir in zip(names, run_dirs):
+        evals = [r for r in run_records(run_dir) if r.get("kind") == "eval"]
+        series[name] = pd.Series({r["iteration"]: 100 * _model_metric(r, model, metric, run_dir) for r in evals},
+                                 dtype=float)
+    frame = pd.DataFrame(series).sort_index()
+    frame.index.name = "iteration"
+    for name in names[1:]:
+        frame[f"lead {name}"] = frame[name] - frame[names[0]]
+    return frame
+
+
+def _model_metric(record: dict[str, Any], model: str, metric: str, run_dir: str | os.PathLike) -> float:
+    metrics = record.get(model) or record.get("student")
+    if metrics is None or metric not in metrics:
+        raise InputError(f"{Path(run_dir) / METRICS_NAME}: iteration {record['iteration']} has no {model} or "
+                         f"student {metric!r}. Fix: choose --metric from ap, ap50, ap75, ap_small, ...")
+    return float(metrics[metric])
+
+
+def _names(run_dirs: Sequence[str | os.PathLike]) -> list[str]:
+    """Folder names, or the whole paths where two folders share a name."""
+    short = [Path(d).name for d in run_dirs]
+    return short if len(set(short)) == len(short) else [str(d) for d in run_dirs]
+
+
+def pseudo_label_summary(run_dirs: Sequence[str | os.PathLike], names: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per run that logged pseudo-label diagnostics, averaged over its training."""
+    names = list(names) if names else _names(run_dirs)
+    rows = [{"run": name, **means} for name, d in zip(names, run_dirs) if (means := pseudo_label_means(run_records(d)))]
+    return pd.DataFrame(rows)

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from ssodlib.cli import main
+from ssodlib.io import InputError
+from ssodlib.report.runs import eval_curves, pseudo_label_summary
+
+
+def _run(folder, records):
+    folder.mkdir()
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def _eval(iteration, student, teacher=None):
+    record = {"iteration": iteration, "kind": "eval", "student": {"ap": student, "ap50": 2 * student}}
+    if teacher is not None:
+        record["teacher"] = {"ap": teacher, "ap50": 2 * teacher}
+    return record
+
+
+def _train(iteration, precision, recall):
+    return {"iteration": iteration, "kind": "train", "loss": 1.0, "pl_images": 4, "pl_per_image": 2.0,
+            "gt_per_image": 5.0, "pl_precision": precision, "pl_recall": recall, "pl_class_kl": 0.1}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    sup = _run(tmp_path / "sup", [{"iteration": 50, "kind": "train", "loss": 2.0}, _eval(100, 0.10), _eval(200, 0.20)])
+    pl = _run(tmp_path / "pl", [_eval(100, 0.10), _train(150, 0.5, 0.2), _train(200, 0.7, 0.4),
+                                _eval(200, 0.22, teacher=0.25), _eval(300, 0.30, teacher=0.31)])
+    return sup, pl
+
+
+def test_curves_read_the_teacher_where_evaluated_and_lead_over_the_first_run(runs):
+    curves = eval_curves(runs, model="teacher")
+    assert list(curves.columns) == ["sup", "pl", "lead pl"]
+    assert curves.loc[100].tolist() == pytest.approx([10.0, 10.0, 0.0])  # burn-in: student only
+    assert curves.loc[200].tolist() == pytest.approx([20.0, 25.0, 5.0])
+    assert curves.loc[300, "pl"] == pytest.approx(31.0) and curves.loc[300, ["sup", "lead pl"]].isna().all()
+
+
+def test_curves_of_the_student_and_another_metric(runs):
+    curves = eval_curves(runs, model="student", metric="ap50")
+    assert curves.loc[200].tolist() == pytest.approx([40.0, 44.0, 4.0])
+
+
+def test_pseudo_label_summary_averages_the_diagnostics_of_runs_that_logged_them(runs):
+    summary = pseudo_label_summary(runs)
+    assert summary["run"].tolist() == ["pl"]
+    assert summary.loc[0, "pl_precision"] == pytest.approx(0.6) and summary.loc[0, "pl_recall"] == pytest.approx(0.3)
+
+
+def test_a_folder_without_metrics_or_an_unknown_metric_names_the_file(runs, tmp_path):
+    with pytest.raises(InputError, match=r"nothing.metrics\.jsonl: missing"):
+        eval_curves([runs[0], tmp_path / "nothing"])
+    with pytest.raises(InputError, match=r"sup.metrics\.jsonl: iteration 100 has no teacher or student 'apx'"):
+        eval_curves(runs, metric="apx")
+
+
+def test_compare_command_prints_the_table_and_writes_csv_and_plot(runs, tmp_path, capsys):
+    csv, png = tmp_path / "out" / "cmp.csv", tmp_path / "out" / "cmp.png"
+    assert main(["compare", str(runs[0]), str(runs[1]), "--csv", str(csv), "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "lead = run - sup" in out and "25.00" in out and "pl_precision" in out
+    assert csv.read_text().splitlines()[0] == "iteration,sup,pl,lead pl"
+    assert png.stat().st_size > 0
