@@ -28,7 +28,8 @@ def _train(iteration, precision, recall):
 @pytest.fixture
 def runs(tmp_path):
     sup = _run(tmp_path / "sup", [{"iteration": 50, "kind": "train", "loss": 2.0}, _eval(100, 0.10), _eval(200, 0.20)])
-    pl = _run(tmp_path / "pl", [_eval(100, 0.10), _train(150, 0.5, 0.2), _train(200, 0.7, 0.4),
+    empty = {**_train(120, 0.0, 0.0), "pl_images": 0}  # a log window without pseudo-labelled images
+    pl = _run(tmp_path / "pl", [_eval(100, 0.10), empty, _train(150, 0.5, 0.2), _train(200, 0.7, 0.4),
                                 _eval(200, 0.22, teacher=0.25), _eval(300, 0.30, teacher=0.31)])
     return sup, pl
 
@@ -47,6 +48,7 @@ def test_curves_of_the_student_and_another_metric(runs):
 
 
 def test_pseudo_label_summary_averages_the_diagnostics_of_runs_that_logged_them(runs):
+    # the window with no pseudo-labelled images is not averaged in
     summary = pseudo_label_summary(runs)
     assert summary["run"].tolist() == ["pl"]
     assert summary.loc[0, "pl_precision"] == pytest.approx(0.6) and summary.loc[0, "pl_recall"] == pytest.approx(0.3)
