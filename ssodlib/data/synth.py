@@ -39,6 +39,9 @@ CLASSES = (
     "ellipse", "hexagon", "arrow", "crescent", "lshape", "halfdisk",
 )
 FORMAT_VERSION = 1
+# 'pretrain' images belong to no benchmark split: the backbone pretraining set (see object_crops)
+SPLIT_CODES = {"train": 0, "val": 1, "pretrain": 2}
+BACKGROUND = len(CLASSES)  # label of object_crops' background crops
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,7 +199,9 @@ def _clutter(rng: np.random.Generator, img: np.ndarray, owner: np.ndarray, size_
 
 def render_image(config: SynthConfig, seed: int, split: str, index: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Render image ``index`` of ``split``; returns ``(H, W, 3)`` uint8 and its annotations (xywh boxes)."""
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1, index])
+    if split not in SPLIT_CODES:
+        raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLIT_CODES)}")
+    rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     h, w = (int(round(config.image_size * rng.uniform(0.85, 1.15))) for _ in range(2))
     img = _background(rng, h, w)
     owner = np.full((h, w), -1, dtype=np.int16)
@@ -269,6 +274,61 @@ def _generate_split(config: SynthConfig, seed: int, split: str, count: int, root
         "images": images,
         "annotations": annotations,
     }
+
+
+def _square_crop(img: np.ndarray, cx: float, cy: float, side: float, size: int) -> np.ndarray:
+    """The ``side``-pixel square centred at ``(cx, cy)``, grey outside the image, resized to ``size``."""
+    h, w = img.shape[:2]
+    s = max(int(round(side)), 4)
+    x0, y0 = int(round(cx - s / 2)), int(round(cy - s / 2))
+    out = np.full((s, s, 3), 114, dtype=np.uint8)
+    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + s, w), min(y0 + s, h)
+    if xb > xa and yb > ya:
+        out[ya - y0: yb - y0, xa - x0: xb - x0] = img[ya:yb, xa:xb]
+    return np.asarray(Image.fromarray(out).resize((size, size), Image.BILINEAR))
+
+
+def _image_crops(args: tuple[SynthConfig, int, int, int, int]) -> list[tuple[np.ndarray, int]]:
+    config, seed, index, size, background = args
+    img, anns = render_image(config, seed, "pretrain", index)
+    rng = np.random.default_rng([seed, SPLIT_CODES["pretrain"], index, 1])
+    h, w = img.shape[:2]
+    boxes = np.array([[x, y, x + bw, y + bh] for x, y, bw, bh in (a["bbox"] for a in anns)], dtype=float)
+    crops = []
+    for a, (x0, y0, x1, y1) in zip(anns, boxes):  # context around the object, as in object-centred photos
+        side = max(x1 - x0, y1 - y0) * rng.uniform(1.1, 1.5)
+        crops.append((_square_crop(img, (x0 + x1) / 2, (y0 + y1) / 2, side, size), a["category_id"] - 1))
+    for _ in range(background):
+        side = math.exp(rng.uniform(math.log(config.min_object_size), math.log(min(h, w) / 2)))
+        cx, cy = rng.uniform(side / 2, w - side / 2), rng.uniform(side / 2, h - side / 2)
+        ix = (np.minimum(cx + side / 2, boxes[:, 2]) - np.maximum(cx - side / 2, boxes[:, 0])).clip(0)
+        iy = (np.minimum(cy + side / 2, boxes[:, 3]) - np.maximum(cy - side / 2, boxes[:, 1])).clip(0)
+        covered = ix * iy / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
+        if covered.size == 0 or covered.max() <= 0.2:  # holds at most a sliver of any object
+            crops.append((_square_crop(img, cx, cy, side, size), BACKGROUND))
+    return crops
+
+
+def object_crops(config: SynthConfig, *, seed: int = 0, start: int = 0, count: int, size: int,
+                 background: int = 2, workers: int = 1, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Labelled square crops of images ``start .. start + count - 1`` of the ``pretrain`` split.
+
+    The stand-in for ImageNet at mini and smoke scale: object-centred pictures of the benchmark's
+    shape classes (ImageNet likewise holds many COCO classes) cut from images that neither the
+    training nor the validation split contains. Each object gives one crop with 10-50 % context;
+    each image gives up to ``background`` crops that hold no object (label :data:`BACKGROUND`).
+    Returns ``(N, size, size, 3)`` uint8 crops and ``(N,)`` int64 labels.
+    """
+    jobs = [(config, seed, i, size, background) for i in range(start, start + count)]
+    bar = dict(total=count, desc="pretraining crops", disable=not progress, leave=False)
+    if workers > 1:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            per_image = list(tqdm(pool.imap(_image_crops, jobs, chunksize=16), **bar))
+    else:
+        per_image = [_image_crops(j) for j in tqdm(jobs, **bar)]
+    pairs = [pair for crops in per_image for pair in crops]
+    images = np.stack([c for c, _ in pairs]) if pairs else np.zeros((0, size, size, 3), np.uint8)
+    return images, np.array([label for _, label in pairs], dtype=np.int64)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,6 +30,7 @@ from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.io import InputError, write_json, write_text
 from ssodlib.methods import Method, StepContext, get_method
 from ssodlib.models.detector import DetectorConfig, FasterRCNN
+from ssodlib.models.pretrain import ensure_pretrained_backbone
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -141,12 +142,24 @@ class Trainer:
             torch.set_num_threads(config.threads)
         self.method: Method = get_method(config.method)(options=config.method_options)
         self.files = resolve_data(config, progress=progress and self.dist.is_main)
+        self.backbone_weights = self._pretrained_tiny_backbone()
+
+    def _pretrained_tiny_backbone(self) -> str | None:
+        """The tiny backbone's pretrained weights file, on the main rank only (broadcast_module copies
+        the main rank's initial weights to the others); built here, before the model seed is set."""
+        c = self.config
+        if not (c.pretrained and c.backbone == "tiny" and self.dist.is_main):
+            return None
+        return str(ensure_pretrained_backbone(c.scale, data_root=c.data_root, progress=self.progress))
 
     # -- set-up ---------------------------------------------------------------------------------
     def _build_state(self, num_classes: int) -> _State:
         c = self.config
         torch.manual_seed(c.seed)
-        student = FasterRCNN(config=DetectorConfig(num_classes=num_classes, **c.detector_kwargs())).to(self.device)
+        kwargs = c.detector_kwargs()
+        if c.backbone == "tiny":
+            kwargs.update(pretrained=self.backbone_weights is not None, backbone_weights=self.backbone_weights)
+        student = FasterRCNN(config=DetectorConfig(num_classes=num_classes, **kwargs)).to(self.device)
         if c.channels_last:
             student = student.to(memory_format=torch.channels_last)
         broadcast_module(student)

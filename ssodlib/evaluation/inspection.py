@@ -34,8 +34,8 @@ def load_run_detector(checkpoint: str | os.PathLike, *, model: str = "teacher") 
     files = resolve_data(config)
     if not ckpt.get(model):
         raise InputError(f"{checkpoint}: has no {model} weights (the method has no teacher). Fix: use the student.")
-    detector = FasterRCNN(config=DetectorConfig(num_classes=load_coco(files.labeled_ann).num_classes,
-                                                **config.detector_kwargs()))
+    kwargs = {**config.detector_kwargs(), "pretrained": False}  # the checkpoint holds every weight
+    detector = FasterRCNN(config=DetectorConfig(num_classes=load_coco(files.labeled_ann).num_classes, **kwargs))
     detector.load_state_dict(ckpt[model])
     return detector.eval(), config, files
 

@@ -7,14 +7,19 @@ weights can be downloaded everywhere) uses GroupNorm, which works at a few image
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
+from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
+
+from ssodlib.io import InputError
 
 FPN_STRIDES = (4, 8, 16, 32, 64)  # P2..P6 ('0', '1', '2', '3', 'pool')
 
@@ -48,30 +53,66 @@ class TinyBackbone(nn.Module):
                 nn.Conv2d(cin, cout, 3, 2, 1, bias=False), _group_norm(cout), nn.ReLU(inplace=True),
                 nn.Conv2d(cout, cout, 3, 1, 1, bias=False), _group_norm(cout), nn.ReLU(inplace=True))
 
+        self.widths = widths
         self.stem = block(3, widths[0])  # stride 2
         chans = (widths[0],) + widths
         self.stages = nn.ModuleList(block(chans[i], chans[i + 1]) for i in range(4))  # strides 4..32
         self.fpn = FeaturePyramidNetwork(list(widths), fpn_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = fpn_channels
 
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+    def trunk(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        """The four stage outputs (strides 4..32) before the FPN."""
         x = self.stem(x)
         feats = OrderedDict()
         for i, stage in enumerate(self.stages):
             x = stage(x)
             feats[str(i)] = x
-        return self.fpn(feats)
+        return feats
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        return self.fpn(self.trunk(x))
 
 
-def build_backbone(name: str, *, pretrained: bool = False, fpn_channels: int = 256, trainable_layers: int = 3) -> nn.Module:
-    """``resnet50`` / ``resnet18`` / ``tiny``; the module maps images to FPN levels '0'..'3', 'pool'."""
+def build_backbone(name: str, *, pretrained: bool = False, fpn_channels: int = 256, trainable_layers: int = 3,
+                   weights: str | os.PathLike | None = None) -> nn.Module:
+    """``resnet50`` / ``resnet18`` / ``tiny``; the module maps images to FPN levels '0'..'3', 'pool'.
+
+    ``weights``: a state-dict file loaded into the backbone after it is built; keys it lacks must
+    belong to the FPN. The tiny backbone's pretrained weights are such a file (made by
+    :func:`ssodlib.models.pretrain.ensure_pretrained_backbone`), so ``pretrained`` needs ``weights``.
+    """
     if name == "tiny":
-        if pretrained:
-            raise ValueError("the tiny backbone has no pretrained weights")
-        return TinyBackbone(fpn_channels=fpn_channels)
-    if name in ("resnet50", "resnet18"):
-        return resnet_fpn(name, pretrained=pretrained, fpn_channels=fpn_channels, trainable_layers=trainable_layers)
-    raise ValueError(f"unknown backbone {name!r}; choose resnet50, resnet18 or tiny")
+        if pretrained and weights is None:
+            raise ValueError("the tiny backbone's pretrained weights are a file: pass weights= (made by "
+                             "ssodlib.models.pretrain.ensure_pretrained_backbone) or pretrained=False")
+        backbone: nn.Module = TinyBackbone(fpn_channels=fpn_channels)
+    elif name in ("resnet50", "resnet18"):
+        backbone = resnet_fpn(name, pretrained=pretrained, fpn_channels=fpn_channels, trainable_layers=trainable_layers)
+    else:
+        raise ValueError(f"unknown backbone {name!r}; choose resnet50, resnet18 or tiny")
+    if weights is not None:
+        load_backbone_weights(backbone, weights)
+    return backbone
 
 
-__all__ = ["FPN_STRIDES", "TinyBackbone", "build_backbone"]
+def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
+    """Load a state-dict file into ``backbone``; every key must match except missing FPN keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: backbone weights not found. Fix: pass an existing state-dict file, or delete "
+                         "the pretrained/ folder of the embedded benchmark so that it is rebuilt.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which one
+        raise InputError(f"{path}: not a readable state-dict ({exc}). Fix: delete it so that it is rebuilt.") from exc
+    fix = "Fix: use weights made for this backbone."
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes differ
+        raise InputError(f"{path}: does not fit the backbone ({exc}). {fix}") from exc
+    stray = unexpected + [k for k in missing if not k.startswith("fpn.")]
+    if stray:
+        raise InputError(f"{path}: does not fit the backbone (keys {stray[:3]}...). {fix}")
+
+
+__all__ = ["FPN_STRIDES", "TinyBackbone", "build_backbone", "load_backbone_weights"]

@@ -42,6 +42,7 @@ class DetectorConfig:
     num_classes: int
     backbone: str = "resnet50"
     pretrained: bool = False
+    backbone_weights: str | None = None  # a state-dict file for the backbone (see build_backbone)
     trainable_layers: int = 3  # with pretrained weights: stem and first stage frozen
     fpn_channels: int = 256
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one size per level P2..P6
@@ -168,7 +169,7 @@ class FasterRCNN(nn.Module):
         c = config
         self.config = c
         self.backbone = build_backbone(c.backbone, pretrained=c.pretrained, fpn_channels=c.fpn_channels,
-                                       trainable_layers=c.trainable_layers)
+                                       trainable_layers=c.trainable_layers, weights=c.backbone_weights)
         self.anchor_generator = AnchorGenerator(tuple((s,) for s in c.anchor_sizes),
                                                 (tuple(c.aspect_ratios),) * len(c.anchor_sizes))
         self.rpn_head = RPNHead(c.fpn_channels, len(c.aspect_ratios))

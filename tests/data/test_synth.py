@@ -5,11 +5,13 @@ import pytest
 
 from ssodlib.data.coco import CocoDetection, load_coco
 from ssodlib.data.synth import (
+    BACKGROUND,
     CLASSES,
     SYNTH_PRESETS,
     _annotations,
     class_frequencies,
     generate,
+    object_crops,
     render_image,
     synth_config,
 )
@@ -116,3 +118,28 @@ def test_generation_is_identical_in_parallel(tmp_path):
 def test_unknown_scale_is_a_clear_error():
     with pytest.raises(ValueError, match="smoke"):
         synth_config("huge")
+
+
+def test_pretrain_split_is_its_own_and_unknown_splits_are_refused():
+    cfg = synth_config("smoke")
+    pre, _ = render_image(cfg, 0, "pretrain", 0)
+    for split in ("train", "val"):
+        other, _ = render_image(cfg, 0, split, 0)
+        assert pre.shape != other.shape or not np.array_equal(pre, other)
+    with pytest.raises(ValueError, match="unknown split 'test'"):
+        render_image(cfg, 0, "test", 0)
+
+
+def test_object_crops_give_one_labelled_crop_per_object_then_background():
+    cfg = synth_config("smoke")
+    labels_per_image = [[a["category_id"] - 1 for a in render_image(cfg, 0, "pretrain", i)[1]] for i in (3, 4)]
+    crops, labels = object_crops(cfg, start=3, count=2, size=24, background=0)
+    assert crops.shape == (sum(map(len, labels_per_image)), 24, 24, 3) and crops.dtype == np.uint8
+    assert labels.tolist() == labels_per_image[0] + labels_per_image[1]
+    with_bg, bg_labels = object_crops(cfg, start=3, count=2, size=24, background=4)
+    assert bg_labels.tolist()[: len(labels_per_image[0])] == labels_per_image[0]
+    assert (bg_labels == BACKGROUND).sum() == len(bg_labels) - len(labels)
+    assert (bg_labels == BACKGROUND).any()
+    again, _ = object_crops(cfg, start=3, count=2, size=24, background=4, workers=2)
+    assert np.array_equal(with_bg, again)
+

@@ -293,3 +293,22 @@ def test_init_from_a_snapshot_saved_before_a_field_existed(later_step_snapshot, 
     with pytest.raises(InputError, match="different \\['lr'\\]"):
         Trainer(_from_snapshot(tmp_path / "no-lr" / "checkpoint-2.pt", smoke_config.data_root),
                 out_dir=tmp_path / "bad", progress=False).run(stop_at=2)
+
+
+def test_a_pretrained_tiny_backbone_starts_from_the_cached_trunk(smoke_benchmark, tmp_path):
+    from ssodlib.models.pretrain import pretrained_backbone_paths
+
+    data_root = tmp_path / "data"
+    (data_root / "synth-smoke").mkdir(parents=True)
+    for entry in smoke_benchmark.root.iterdir():  # the shared benchmark, without writing into it
+        (data_root / "synth-smoke" / entry.name).symlink_to(entry)
+    base = dict(data_root=str(data_root), method="supervised", iterations=1, lr=0.0, eval_every=100,
+                checkpoint_every=100, threads=1)
+    Trainer(train_config("smoke", pretrained=True, **base), out_dir=tmp_path / "pre", progress=False).run()
+    Trainer(train_config("smoke", **base), out_dir=tmp_path / "scratch", progress=False).run()
+    trunk = torch.load(pretrained_backbone_paths("smoke", data_root=data_root)[0], weights_only=True)
+    pre = load_checkpoint(tmp_path / "pre" / "checkpoint.pt")["student"]
+    scratch = load_checkpoint(tmp_path / "scratch" / "checkpoint.pt")["student"]
+    for key, value in trunk.items():  # lr 0: the weights are still the initial ones
+        assert torch.equal(pre[f"backbone.{key}"], value) and not torch.equal(scratch[f"backbone.{key}"], value)
+    assert torch.equal(pre["backbone.fpn.inner_blocks.0.0.weight"], scratch["backbone.fpn.inner_blocks.0.0.weight"])
