@@ -107,12 +107,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 19.7 / 16.4 (cross-entropy) to 25.5 / 22.3 on folds 1 / 2, and the burn-in teacher's pseudo labels
     # at 0.7 from precision 0.77 / recall 0.23 to 0.83 / 0.30 (fold 1).
     # Supervised runs keep a snapshot at the burn-in, from which semi-supervised runs start (init_from).
-    # The tiny backbone starts from weights pretrained on object crops of images outside the benchmark's
-    # splits (ssodlib.models.pretrain), as the papers start from ImageNet: from scratch, 5 % labels
-    # matched all labels (25.5 against 24.0 AP at 3000, fold 1), so unlabeled data had nothing to add;
-    # pretrained, all labels lead 5 % by 4.4 AP (26.3 against 22.0).
+    # pretrained=true starts the tiny backbone from weights pretrained on object crops of images outside
+    # the benchmark's splits (ssodlib.models.pretrain), as the papers start from ImageNet. Not the
+    # default: it makes 5 % label-limited (fold 1: all labels 26.3 against 5 % 22.0 AP at 3000; from
+    # scratch 24.0 against 25.5) but lowers supervised AP at 5 % (see README, "Three scales").
     "mini": dict(
-        backbone="tiny", pretrained=True, fpn_channels=64, representation_size=256, anchor_sizes=(8, 16, 32, 64, 128),
+        backbone="tiny", fpn_channels=64, representation_size=256, anchor_sizes=(8, 16, 32, 64, 128),
         roi_batch_size=128, roi_sampling_ratio=1, cls_loss="focal", iterations=3000, burn_in=2000, lr_steps=(2600,),
         labeled_per_batch=2, unlabeled_per_batch=2, lr=0.02, warmup_iters=100, ema_keep_rate=0.995,
         unsup_weight=1.0, snapshots=(2000,), eval_every=500, checkpoint_every=250, log_every=20,

@@ -3,10 +3,10 @@
 Every paper starts its detector from an ImageNet-pretrained backbone, and its supervised baseline is
 limited by labels, not by training time. A tiny backbone trained from scratch in a 15-minute CPU run
 is limited by training time instead (measured: at 5 % labels, supervised training on the mini
-schedule matched training on all labels), which hides what unlabeled data adds. So at mini scale the
-tiny backbone starts from weights learnt by classifying object crops of the benchmark's shape classes
-(and background) cut from images of the ``pretrain`` split, which no training or validation image
-comes from, as ImageNet classification is disjoint from COCO detection. Only the backbone trunk is
+schedule matched training on all labels), which hides what unlabeled data adds. With
+``pretrained=true`` the tiny backbone starts from weights learnt by classifying object crops of the
+benchmark's shape classes (and background) cut from images of the ``pretrain`` split, which no
+training or validation image comes from, as ImageNet classification is disjoint from COCO detection. Only the backbone trunk is
 pretrained; the FPN, RPN and RoI head start from scratch, as in the papers.
 
 The weights are built once per benchmark and cached next to it, like the benchmark itself.
