@@ -43,6 +43,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists), for comparing against a stored manifest."""
+    return json.loads(json.dumps(obj))
+
+
 def write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = None) -> Path:
     """Write ``obj`` as JSON atomically (compact unless ``indent`` is given)."""
     separators = (",", ":") if indent is None else None

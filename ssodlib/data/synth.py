@@ -19,7 +19,6 @@ parallel.
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing as mp
 import os
@@ -32,7 +31,7 @@ from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
 from ssodlib.data.splits import split_file_names, write_coco_splits
-from ssodlib.io import read_json, write_json
+from ssodlib.io import jsonable, read_json, write_json
 
 CLASSES = (
     "disk", "square", "triangle", "ring", "star", "cross",
@@ -362,7 +361,7 @@ def generate(config: SynthConfig, *, root: str | os.PathLike, seed: int = 0, wor
     """
     paths = SynthPaths(root=Path(root))
     manifest = {"format_version": FORMAT_VERSION, "seed": seed, "config": asdict(config), "classes": list(CLASSES)}
-    if not force and paths.manifest.is_file() and read_json(paths.manifest) == _jsonable(manifest):
+    if not force and paths.manifest.is_file() and read_json(paths.manifest) == jsonable(manifest):
         return paths
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
     for split, count in (("train", config.num_train), ("val", config.num_val)):
@@ -372,10 +371,6 @@ def generate(config: SynthConfig, *, root: str | os.PathLike, seed: int = 0, wor
                       folds=config.split_folds, percents=config.split_percents)
     write_json(paths.manifest, manifest, indent=2)
     return paths
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj))
 
 
 def default_data_root() -> Path:

@@ -22,9 +22,7 @@ from ssodlib.data.transforms import (
     teacher_student_views,
     transform_boxes,
 )
-from ssodlib.engine.config import train_config
 from ssodlib.io import repository_folder, write_json
-from ssodlib.models.pretrain import ensure_pretrained_backbone
 from ssodlib.report.dataset import class_distribution_kl, dataset_stats, plot_dataset, plot_samples
 
 
@@ -86,8 +84,6 @@ def run_baselines_notebook(*, scale: str, out: Path, data_root: str | os.PathLik
 def run_demo(*, scale: str, out: Path, data_root: str | os.PathLike | None = None, progress: bool = True,
              fold: int = 1, percent: float = 5.0, with_baselines: bool = True) -> dict:
     paths = ensure_benchmark(scale, data_root=data_root, progress=progress)
-    if train_config(scale).pretrained:  # built once here rather than inside the notebook's first run
-        ensure_pretrained_backbone(scale, data_root=data_root, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     train = load_coco(paths.annotations("train"))
     val = load_coco(paths.annotations("val"))

@@ -14,7 +14,6 @@ The weights are built once per benchmark and cached next to it, like the benchma
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -27,12 +26,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ssodlib.data.synth import BACKGROUND, default_data_root, object_crops, synth_config
-from ssodlib.io import InputError, atomic_write, read_json, write_json
+from ssodlib.io import InputError, atomic_write, jsonable, read_json, write_json
 from ssodlib.models.backbones import TinyBackbone
+from ssodlib.models.detector import DetectorConfig
 
 FORMAT_VERSION = 1
-PIXEL_MEAN = (123.675, 116.28, 103.53)  # the detector's normalisation (DetectorConfig.pixel_mean/std)
-PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,8 +68,8 @@ class CropClassifier(nn.Module):
 
 
 def _normalised(crops: Tensor) -> Tensor:
-    mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(DetectorConfig.pixel_mean).view(1, 3, 1, 1)  # the detector's normalisation
+    std = torch.tensor(DetectorConfig.pixel_std).view(1, 3, 1, 1)
     return (crops.permute(0, 3, 1, 2).float() - mean) / std
 
 
@@ -151,7 +149,7 @@ def ensure_pretrained_backbone(scale: str, *, data_root: str | os.PathLike | Non
     weights, manifest = pretrained_backbone_paths(scale, data_root=data_root)
     recipe = {"format_version": FORMAT_VERSION, "benchmark": asdict(synth_config(scale)), "benchmark_seed": seed,
               "pretrain": asdict(config)}
-    if weights.is_file() and manifest.is_file() and read_json(manifest).get("recipe") == json.loads(json.dumps(recipe)):
+    if weights.is_file() and manifest.is_file() and read_json(manifest).get("recipe") == jsonable(recipe):
         return weights
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
     synth = synth_config(scale)
