@@ -36,6 +36,7 @@ class TrainConfig:
     # detector
     backbone: str = "resnet18"
     pretrained: bool = False  # resnets: ImageNet weights; tiny: ssodlib.models.pretrain's (built on first use)
+    trainable_layers: int = 3  # with pretrained weights, of (stem, stage 1..4): 3 freezes stem and stage 1; 5 none
     fpn_channels: int = 128
     representation_size: int = 256
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
@@ -82,7 +83,8 @@ class TrainConfig:
     log_every: int = 20
 
     def detector_kwargs(self) -> dict[str, Any]:
-        return dict(backbone=self.backbone, pretrained=self.pretrained, fpn_channels=self.fpn_channels,
+        return dict(backbone=self.backbone, pretrained=self.pretrained, trainable_layers=self.trainable_layers,
+                    fpn_channels=self.fpn_channels,
                     representation_size=self.representation_size, anchor_sizes=self.anchor_sizes,
                     rpn_pre_nms_top_n=self.rpn_pre_nms_top_n, rpn_post_nms_top_n=self.rpn_post_nms_top_n,
                     roi_batch_size=self.roi_batch_size,
@@ -165,7 +167,7 @@ def config_dict(config: TrainConfig) -> dict[str, Any]:
 # fields two runs must share for one to continue from the other's snapshot
 SHARED_PREFIX_FIELDS = (
     "dataset", "data_root", "labeled_ann", "val_ann", "image_dir", "percent", "fold", "seed", "backbone", "pretrained",
-    "fpn_channels", "representation_size", "anchor_sizes", "rpn_pre_nms_top_n", "rpn_post_nms_top_n",
+    "trainable_layers", "fpn_channels", "representation_size", "anchor_sizes", "rpn_pre_nms_top_n", "rpn_post_nms_top_n",
     "roi_batch_size", "roi_sampling_ratio", "cls_loss", "box_loss", "train_scales", "max_size", "labeled_per_batch",
     "optimizer", "lr", "momentum", "weight_decay", "warmup_iters", "lr_steps", "lr_gamma", "grad_clip", "amp",
 )

@@ -26,6 +26,9 @@ class PseudoLabelOptions:
     score_thresh: float = 0.7  # Unbiased Teacher's threshold
     box_regression: bool = False  # RoI box loss on pseudo boxes
     rpn_regression: bool = False  # RPN box loss on pseudo boxes
+    # diagnostic upper bound, not a method: the unlabeled images' withheld ground truth replaces the
+    # teacher's detections, so a run measures what perfect pseudo labels would add through this pipeline
+    oracle: bool = False
 
 
 def select_pseudo_labels(det: Detections, *, score_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -106,7 +109,10 @@ class PseudoLabel(Method):
         pseudo_boxes, pseudo_labels = [], []
         for det, m, strong, gt_b, gt_l in zip(dets, batch.teacher_to_student, batch.strong, batch.gt_weak_boxes,
                                               batch.gt_weak_labels):
-            boxes, labels, scores = select_pseudo_labels(det, score_thresh=self.options.score_thresh)
+            if self.options.oracle:
+                boxes, labels, scores = gt_b, gt_l, torch.ones(len(gt_l), device=gt_b.device)
+            else:
+                boxes, labels, scores = select_pseudo_labels(det, score_thresh=self.options.score_thresh)
             ctx.stats.add_image(boxes=boxes, labels=labels, scores=scores, gt_boxes=gt_b, gt_labels=gt_l)
             mapped, keep = to_student_view(boxes, m, strong.shape[1:])
             pseudo_boxes.append(mapped[keep])

@@ -60,6 +60,14 @@ class TinyBackbone(nn.Module):
         self.fpn = FeaturePyramidNetwork(list(widths), fpn_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = fpn_channels
 
+    def freeze_trunk(self, trainable_layers: int) -> None:
+        """Keep the last ``trainable_layers`` of (stem, stage 1..4) trainable, as torchvision does
+        for ResNets (3: stem and first stage frozen); the FPN always trains."""
+        if not 0 <= trainable_layers <= 5:
+            raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
+        for block in [self.stem, *self.stages][:5 - trainable_layers]:
+            block.requires_grad_(False)
+
     def trunk(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         """The four stage outputs (strides 4..32) before the FPN."""
         x = self.stem(x)
@@ -92,6 +100,8 @@ def build_backbone(name: str, *, pretrained: bool = False, fpn_channels: int = 2
         raise ValueError(f"unknown backbone {name!r}; choose resnet50, resnet18 or tiny")
     if weights is not None:
         load_backbone_weights(backbone, weights)
+    if name == "tiny" and pretrained:
+        backbone.freeze_trunk(trainable_layers)
     return backbone
 
 

@@ -312,3 +312,25 @@ def test_a_pretrained_tiny_backbone_starts_from_the_cached_trunk(smoke_benchmark
     for key, value in trunk.items():  # lr 0: the weights are still the initial ones
         assert torch.equal(pre[f"backbone.{key}"], value) and not torch.equal(scratch[f"backbone.{key}"], value)
     assert torch.equal(pre["backbone.fpn.inner_blocks.0.0.weight"], scratch["backbone.fpn.inner_blocks.0.0.weight"])
+
+
+def test_training_leaves_the_frozen_layers_of_a_pretrained_trunk_alone(smoke_benchmark, tmp_path):
+    from ssodlib.models.pretrain import pretrained_backbone_paths
+
+    data_root = tmp_path / "data"
+    (data_root / "synth-smoke").mkdir(parents=True)
+    for entry in smoke_benchmark.root.iterdir():
+        (data_root / "synth-smoke" / entry.name).symlink_to(entry)
+    base = dict(data_root=str(data_root), method="supervised", pretrained=True, iterations=2, lr=0.01,
+                eval_every=100, checkpoint_every=100, threads=1)
+    for layers in (3, 5):
+        Trainer(train_config("smoke", trainable_layers=layers, **base), out_dir=tmp_path / f"tl{layers}",
+                progress=False).run()
+    trunk = torch.load(pretrained_backbone_paths("smoke", data_root=data_root)[0], weights_only=True)
+
+    def unchanged(run: str, prefix: str) -> bool:
+        student = load_checkpoint(tmp_path / run / "checkpoint.pt")["student"]
+        return all(torch.equal(student[f"backbone.{k}"], v) for k, v in trunk.items() if k.startswith(prefix))
+
+    assert unchanged("tl3", "stem.") and unchanged("tl3", "stages.0.") and not unchanged("tl3", "stages.1.")
+    assert not unchanged("tl5", "stem.") and not unchanged("tl5", "stages.0.")

@@ -57,3 +57,16 @@ def test_unknown_option_is_a_clear_error():
 
     with pytest.raises(InputError, match="score_thresh"):
         get_method("pseudo_label")(options={"score_threshold": 0.5})
+
+
+def test_oracle_trains_on_the_withheld_ground_truth_whatever_the_teacher_says():
+    student, teacher = tiny_detector(), tiny_detector().eval()
+    ctx = lambda stats: StepContext(teacher=teacher, iteration=5, burn_in=False, unsup_weight=1.0, stats=stats)
+    thresholded, oracle = PseudoLabelStats(num_classes=3), PseudoLabelStats(num_classes=3)
+    # an untrained teacher scores nothing at 0.99, so only the oracle has a foreground target
+    get_method("pseudo_label")(options={"score_thresh": 0.99}).losses(student, ctx(thresholded), tiny_batch())
+    get_method("pseudo_label")(options={"score_thresh": 0.99, "oracle": True}).losses(
+        student, ctx(oracle), tiny_batch(mirrored=True))
+    assert thresholded.pseudo == 0 and thresholded.roi_tp == 0
+    assert oracle.pseudo == 1 and oracle.tp == 1 and oracle.tp_iou_sum == 1.0
+    assert oracle.roi_tp > 0 and oracle.roi_fp == 0  # the student's foreground RoIs sit on the mirrored box
