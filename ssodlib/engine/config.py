@@ -36,7 +36,9 @@ class TrainConfig:
     # detector
     backbone: str = "resnet18"
     pretrained: bool = False  # resnets: ImageNet weights; tiny: ssodlib.models.pretrain's (built on first use)
-    trainable_layers: int = 3  # with pretrained weights, of (stem, stage 1..4): 3 freezes stem and stage 1; 5 none
+    # with pretrained weights, of (stem, stage 1..4): 3 freezes stem and stage 1, 5 nothing; None: the
+    # backbone's standard (ResNets 3, tiny 5)
+    trainable_layers: int | None = None
     fpn_channels: int = 128
     representation_size: int = 256
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)

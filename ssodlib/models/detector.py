@@ -43,7 +43,8 @@ class DetectorConfig:
     backbone: str = "resnet50"
     pretrained: bool = False
     backbone_weights: str | None = None  # a state-dict file for the backbone (see build_backbone)
-    trainable_layers: int = 3  # with pretrained weights: stem and first stage frozen
+    trainable_layers: int | None = None  # with pretrained weights; None: the backbone's standard (ResNets: 3,
+    # stem and first stage frozen; tiny: 5, see backbones.STANDARD_TRAINABLE_LAYERS)
     fpn_channels: int = 256
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one size per level P2..P6
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
