@@ -295,13 +295,19 @@ def test_init_from_a_snapshot_saved_before_a_field_existed(later_step_snapshot, 
                 out_dir=tmp_path / "bad", progress=False).run(stop_at=2)
 
 
+def _own_data_root(smoke_benchmark, tmp_path):
+    """A data root that links the shared benchmark, so pretrained weights are built without writing into it."""
+    data_root = tmp_path / "data"
+    (data_root / "synth-smoke").mkdir(parents=True)
+    for entry in smoke_benchmark.root.iterdir():
+        (data_root / "synth-smoke" / entry.name).symlink_to(entry)
+    return data_root
+
+
 def test_a_pretrained_tiny_backbone_starts_from_the_cached_trunk(smoke_benchmark, tmp_path):
     from ssodlib.models.pretrain import pretrained_backbone_paths
 
-    data_root = tmp_path / "data"
-    (data_root / "synth-smoke").mkdir(parents=True)
-    for entry in smoke_benchmark.root.iterdir():  # the shared benchmark, without writing into it
-        (data_root / "synth-smoke" / entry.name).symlink_to(entry)
+    data_root = _own_data_root(smoke_benchmark, tmp_path)
     base = dict(data_root=str(data_root), method="supervised", iterations=1, lr=0.0, eval_every=100,
                 checkpoint_every=100, threads=1)
     Trainer(train_config("smoke", pretrained=True, **base), out_dir=tmp_path / "pre", progress=False).run()
@@ -317,10 +323,7 @@ def test_a_pretrained_tiny_backbone_starts_from_the_cached_trunk(smoke_benchmark
 def test_training_leaves_the_frozen_layers_of_a_pretrained_trunk_alone(smoke_benchmark, tmp_path):
     from ssodlib.models.pretrain import pretrained_backbone_paths
 
-    data_root = tmp_path / "data"
-    (data_root / "synth-smoke").mkdir(parents=True)
-    for entry in smoke_benchmark.root.iterdir():
-        (data_root / "synth-smoke" / entry.name).symlink_to(entry)
+    data_root = _own_data_root(smoke_benchmark, tmp_path)
     base = dict(data_root=str(data_root), method="supervised", pretrained=True, iterations=2, lr=0.01,
                 eval_every=100, checkpoint_every=100, threads=1)
     for layers in (3, 5):
