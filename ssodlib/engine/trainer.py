@@ -29,6 +29,7 @@ from ssodlib.evaluation.detector_eval import evaluate_detector
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.io import InputError, write_json, write_text
 from ssodlib.methods import Method, StepContext, get_method
+from ssodlib.models.backbones import resolve_trainable_layers
 from ssodlib.models.detector import DetectorConfig, FasterRCNN
 from ssodlib.models.pretrain import ensure_pretrained_backbone
 
@@ -191,6 +192,7 @@ class Trainer:
         ours = config_dict(self.config)
         for cfg in (theirs, ours):  # only the learning-rate steps already taken must agree
             cfg["lr_steps"] = [s for s in cfg.get("lr_steps") or () if s <= int(ckpt["iteration"])]
+            cfg["trainable_layers"] = resolve_trainable_layers(cfg.get("backbone"), cfg.get("trainable_layers"))
         differ = [k for k in SHARED_PREFIX_FIELDS if _normal(theirs.get(k)) != _normal(ours.get(k))]
         if differ:
             raise InputError(f"{path}: made with different {differ}. Fix: use a snapshot of a run with the same "

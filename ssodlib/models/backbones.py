@@ -87,6 +87,11 @@ class TinyBackbone(nn.Module):
 STANDARD_TRAINABLE_LAYERS = {"resnet50": 3, "resnet18": 3, "tiny": 5}
 
 
+def resolve_trainable_layers(backbone: str, trainable_layers: int | None) -> int:
+    """``trainable_layers``, or the backbone's standard (:data:`STANDARD_TRAINABLE_LAYERS`) for ``None``."""
+    return STANDARD_TRAINABLE_LAYERS.get(backbone, 3) if trainable_layers is None else trainable_layers
+
+
 def build_backbone(name: str, *, pretrained: bool = False, fpn_channels: int = 256, trainable_layers: int | None = None,
                    weights: str | os.PathLike | None = None) -> nn.Module:
     """``resnet50`` / ``resnet18`` / ``tiny``; the module maps images to FPN levels '0'..'3', 'pool'.
@@ -97,8 +102,7 @@ def build_backbone(name: str, *, pretrained: bool = False, fpn_channels: int = 2
     ``trainable_layers`` (pretrained only): how many of (stem, stage 1..4) train, counted from the top;
     ``None`` takes :data:`STANDARD_TRAINABLE_LAYERS`.
     """
-    if trainable_layers is None:
-        trainable_layers = STANDARD_TRAINABLE_LAYERS.get(name, 3)
+    trainable_layers = resolve_trainable_layers(name, trainable_layers)
     if name == "tiny":
         if pretrained and weights is None:
             raise ValueError("the tiny backbone's pretrained weights are a file: pass weights= (made by "
@@ -135,4 +139,5 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
         raise InputError(f"{path}: does not fit the backbone (keys {stray[:3]}...). {fix}")
 
 
-__all__ = ["FPN_STRIDES", "STANDARD_TRAINABLE_LAYERS", "TinyBackbone", "build_backbone", "load_backbone_weights"]
+__all__ = ["FPN_STRIDES", "STANDARD_TRAINABLE_LAYERS", "TinyBackbone", "build_backbone", "load_backbone_weights",
+           "resolve_trainable_layers"]

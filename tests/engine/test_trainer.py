@@ -295,6 +295,23 @@ def test_init_from_a_snapshot_saved_before_a_field_existed(later_step_snapshot, 
                 out_dir=tmp_path / "bad", progress=False).run(stop_at=2)
 
 
+def test_init_from_reads_no_trainable_layers_as_the_backbones_standard(later_step_snapshot, smoke_config, tmp_path):
+    from ssodlib.engine.checkpoint import save_checkpoint
+    from ssodlib.io import InputError
+    from ssodlib.models.backbones import STANDARD_TRAINABLE_LAYERS
+
+    ckpt = load_checkpoint(later_step_snapshot)
+    assert ckpt["config"]["backbone"] == "tiny" and ckpt["config"]["trainable_layers"] is None
+    ckpt["config"]["trainable_layers"] = STANDARD_TRAINABLE_LAYERS["tiny"]  # the same freeze, spelt out
+    save_checkpoint(tmp_path / "explicit" / "checkpoint-2.pt", ckpt)
+    trainer = Trainer(_from_snapshot(tmp_path / "explicit" / "checkpoint-2.pt", smoke_config.data_root),
+                      out_dir=tmp_path / "ok", progress=False)
+    assert trainer.run(stop_at=2) == {} and trainer.state.iteration == 2
+    with pytest.raises(InputError, match="different \\['trainable_layers'\\]"):
+        Trainer(_from_snapshot(later_step_snapshot, smoke_config.data_root, trainable_layers=3),
+                out_dir=tmp_path / "bad", progress=False).run(stop_at=2)
+
+
 def _own_data_root(smoke_benchmark, tmp_path):
     """A data root that links the shared benchmark, so pretrained weights are built without writing into it."""
     data_root = tmp_path / "data"
