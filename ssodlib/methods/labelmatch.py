@@ -50,16 +50,16 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import clip_boxes_to_image
 
 from ssodlib.data.coco import CocoDetection
-from ssodlib.data.transforms import WeakViewConfig, transform_boxes, weak_view
+from ssodlib.data.transforms import WeakViewConfig, weak_view
 from ssodlib.engine.config import TrainConfig
 from ssodlib.engine.data import Batch
 from ssodlib.io import InputError
 from ssodlib.methods.base import Method, StepContext
-from ssodlib.methods.pseudo_label import log_student_rois, student_pass, to_student_view
-from ssodlib.models.detector import Detections, FasterRCNN, ImageBatch, RoIOutput, RoISamples
+from ssodlib.methods.pseudo_label import (TeacherPass, log_student_rois, student_pass, teacher_on_rois, teacher_pass,
+                                         to_student_view)
+from ssodlib.models.detector import Detections, FasterRCNN, RoIOutput, RoISamples
 from ssodlib.models.losses import soft_cross_entropy
 
 ASSIGNMENTS = ("ignore", "iou", "self")
@@ -376,29 +376,24 @@ class LabelMatch(Method):
             return student.supervised_losses(batch.images, batch.boxes, batch.labels)
         teacher = ctx.teacher
         t_rel, t_unc = self.thresholds(teacher, iteration=ctx.iteration, num_classes=student.num_classes)
-        with torch.no_grad():
-            t_batch = teacher.preprocess(batch.weak)
-            t_feats = teacher.features(t_batch)
-            t_props, _ = teacher.proposals(teacher.rpn(t_feats, t_batch), t_batch)
-            dets = teacher.postprocess(teacher.roi_head(t_feats, t_props, t_batch), t_props, t_batch,
-                                       with_candidates=self._mines_by_cluster)
+        tp = teacher_pass(teacher, batch.weak, with_candidates=self._mines_by_cluster)
         pseudo = [self.pseudo_boxes(det, matrix=m, size=tuple(s.shape[1:]), reliable_thresholds=t_rel,
                                     uncertain_thresholds=t_unc, ctx=ctx, gt_boxes=gb, gt_labels=gl)
-                  for det, m, s, gb, gl in zip(dets, batch.teacher_to_student, batch.strong, batch.gt_weak_boxes,
+                  for det, m, s, gb, gl in zip(tp.detections, batch.teacher_to_student, batch.strong, batch.gt_weak_boxes,
                                                batch.gt_weak_labels)]
         targets, target_labels = [p.boxes for p in pseudo], [p.labels for p in pseudo]
         sp = student_pass(student, batch, targets, target_labels)
         unl = sp.unl
         unsup = {**student.rpn_loss(sp.rpn.select(unl), targets, regression=self.options.rpn_regression),
                  **self.roi_losses(student, teacher, sp.rois.select(unl), sp.samples.select(unl), pseudo=pseudo,
-                                   t_feats=t_feats, t_batch=t_batch, matrices=batch.teacher_to_student, ctx=ctx)}
+                                   tp=tp, matrices=batch.teacher_to_student, ctx=ctx)}
         out = {**sp.supervised, **{f"{k}_unsup": v * ctx.unsup_weight for k, v in unsup.items()}}
         log_student_rois(ctx, sp, batch)
         return out
 
     def roi_losses(self, student: FasterRCNN, teacher: FasterRCNN, rois: RoIOutput, samples: RoISamples, *,
-                   pseudo: list[PseudoBoxes], t_feats: dict[str, Tensor], t_batch: ImageBatch,
-                   matrices: list[Tensor], ctx: StepContext) -> dict[str, Tensor]:
+                   pseudo: list[PseudoBoxes], tp: TeacherPass, matrices: list[Tensor],
+                   ctx: StepContext) -> dict[str, Tensor]:
         """RoI losses of the unlabeled images (Eq. 8): hard classification of background, reliable and
         mined RoIs (plus uncertain ones under ``assignment='iou'``), box regression of reliable and
         mined RoIs, and Eq. 7 on the other uncertain RoIs under ``assignment='self'``."""
@@ -412,8 +407,9 @@ class LabelMatch(Method):
         soft = _zero(rois.class_logits)
         want_mining = o.mining and o.mining_source == "proposals"
         if uncertain.any() and (o.assignment == "self" or want_mining):
-            t_logits, t_boxes = self._teacher_on_rois(teacher, samples, uncertain, t_feats=t_feats, t_batch=t_batch,
-                                                      matrices=matrices)
+            masks = uncertain.split([len(p) for p in samples.proposals])
+            t_logits, t_boxes = teacher_on_rois(teacher, [p[m] for p, m in zip(samples.proposals, masks)], tp,
+                                                matrices)
             if want_mining:
                 mined[uncertain] = self._mine_by_proposals(samples, uncertain, pseudo, t_logits, t_boxes, ctx)
             if o.assignment == "self":
@@ -429,19 +425,6 @@ class LabelMatch(Method):
         if regress.any():  # the box loss of the detector, normalised by all sampled RoIs
             loss_box = student.roi_loss(*_subset(rois, samples, regress))["loss_box"] * (regress.sum() / len(labels))
         return {"loss_cls": loss_cls, "loss_box": loss_box, "loss_soft": soft}
-
-    @torch.no_grad()
-    def _teacher_on_rois(self, teacher: FasterRCNN, samples: RoISamples, mask: Tensor, *, t_feats: dict[str, Tensor],
-                         t_batch: ImageBatch, matrices: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """The teacher's RoI head on the student RoIs under ``mask`` mapped into the teacher's view:
-        ``(S, C + 1)`` logits and ``(S, C + 1, 4)`` refined boxes (teacher view)."""
-        masks = mask.split([len(p) for p in samples.proposals])
-        mapped = []
-        for props, m, matrix, size in zip(samples.proposals, masks, matrices, t_batch.image_sizes):
-            inverse = torch.linalg.inv(matrix.double()).float().to(props.device)
-            mapped.append(clip_boxes_to_image(transform_boxes(props[m].float(), inverse), size))
-        t_rois = teacher.roi_head(t_feats, mapped, t_batch)
-        return t_rois.class_logits.float(), teacher.decode_boxes(t_rois, mapped).float()
 
     def _mine_by_proposals(self, samples: RoISamples, uncertain: Tensor, pseudo: list[PseudoBoxes], t_logits: Tensor,
                            t_boxes: Tensor, ctx: StepContext) -> Tensor:

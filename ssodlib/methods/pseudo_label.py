@@ -6,19 +6,28 @@ detector's NMS) become pseudo boxes, they are mapped into the student's strong v
 matrices, and the student is trained on them with the RPN objectness and RoI classification losses
 (focal loss when ``cls_loss='focal'``); box regression on pseudo boxes is a switch (off in Unbiased
 Teacher, on in Soft Teacher / DTG-SSOD's baseline).
+
+``background_weighting`` is Soft Teacher's background reliability (Xu et al., 2021,
+https://arxiv.org/abs/2106.09018, Eq. 2-3): the student's background RoIs on the unlabeled images
+are mapped into the teacher's view and scored by the teacher's RoI head; each background RoI's
+classification loss is weighted by the teacher's background probability, foreground RoIs by 1, and
+the sum is divided by the sum of the weights (as Soft Teacher's code). An object the threshold
+missed but the teacher half-recognises then weighs little as background.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import clip_boxes_to_image
 
 from ssodlib.data.transforms import clip_boxes, transform_boxes
 from ssodlib.engine.data import Batch
 from ssodlib.methods.base import Method, StepContext
-from ssodlib.models.detector import Detections, RoIOutput, RoISamples, RPNOutput
+from ssodlib.models.detector import Detections, FasterRCNN, ImageBatch, RoIOutput, RoISamples, RPNOutput
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,6 +35,7 @@ class PseudoLabelOptions:
     score_thresh: float = 0.7  # Unbiased Teacher's threshold
     box_regression: bool = False  # RoI box loss on pseudo boxes
     rpn_regression: bool = False  # RPN box loss on pseudo boxes
+    background_weighting: bool = False  # Soft Teacher: background RoIs weighted by the teacher's background score
     # diagnostic upper bound, not a method: the unlabeled images' withheld ground truth replaces the
     # teacher's detections, so a run measures what perfect pseudo labels would add through this pipeline
     oracle: bool = False
@@ -78,19 +88,51 @@ def log_student_rois(ctx: StepContext, sp: StudentPass, batch: Batch) -> None:
         ctx.stats.add_rois(roi_boxes=props_b, roi_labels=labels_b, gt_boxes=gt_b, gt_labels=gt_l)
 
 
-def mean_teacher_losses(student: nn.Module, batch: Batch, pseudo_boxes: list[Tensor], pseudo_labels: list[Tensor], *,
-                        unsup_weight: float, box_regression: bool, rpn_regression: bool,
-                        ctx: StepContext | None = None) -> dict[str, Tensor]:
-    """Supervised losses on the labeled images and weighted unsupervised losses on the strong views,
-    from one student pass over all images. Pseudo boxes are in the student's view."""
-    sp = student_pass(student, batch, pseudo_boxes, pseudo_labels)
-    unl = sp.unl
-    unsup = {**student.rpn_loss(sp.rpn.select(unl), pseudo_boxes, regression=rpn_regression),
-             **student.roi_loss(sp.rois.select(unl), sp.samples.select(unl), regression=box_regression)}
-    out = {**sp.supervised, **{f"{k}_unsup": v * unsup_weight for k, v in unsup.items()}}
-    if ctx is not None:
-        log_student_rois(ctx, sp, batch)
-    return out
+@dataclass
+class TeacherPass:
+    """The teacher on the weak views: its detections and what re-scoring RoIs needs."""
+
+    detections: list[Detections]
+    features: dict[str, Tensor]
+    batch: ImageBatch
+
+
+@torch.no_grad()
+def teacher_pass(teacher: FasterRCNN, weak: list[Tensor], *, with_candidates: bool = False) -> TeacherPass:
+    t_batch = teacher.preprocess(weak)
+    t_feats = teacher.features(t_batch)
+    t_props, _ = teacher.proposals(teacher.rpn(t_feats, t_batch), t_batch)
+    dets = teacher.postprocess(teacher.roi_head(t_feats, t_props, t_batch), t_props, t_batch,
+                               with_candidates=with_candidates)
+    return TeacherPass(dets, t_feats, t_batch)
+
+
+@torch.no_grad()
+def teacher_on_rois(teacher: FasterRCNN, rois: Sequence[Tensor], tp: TeacherPass,
+                    matrices: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """The teacher's RoI head on per-image ``(P_b, 4)`` student-view RoIs mapped into the teacher's
+    view by the inverse of each image's teacher-to-student ``(3, 3)`` matrix: ``(P, C + 1)`` logits
+    and ``(P, C + 1, 4)`` refined boxes in the teacher's view."""
+    mapped = []
+    for props, matrix, size in zip(rois, matrices, tp.batch.image_sizes):
+        inverse = torch.linalg.inv(matrix.double()).float().to(props.device)
+        mapped.append(clip_boxes_to_image(transform_boxes(props.float(), inverse), size))
+    t_rois = teacher.roi_head(tp.features, mapped, tp.batch)
+    return t_rois.class_logits.float(), teacher.decode_boxes(t_rois, mapped).float()
+
+
+def background_weights(teacher: FasterRCNN, samples: RoISamples, tp: TeacherPass,
+                       matrices: Sequence[Tensor]) -> Tensor:
+    """Soft Teacher's ``(R,)`` classification weights of the unlabeled images' sampled RoIs: the
+    teacher's background probability for background RoIs, 1 for foreground ones."""
+    labels = torch.cat(samples.labels)
+    weights = torch.ones(len(labels), device=labels.device)
+    background = labels == 0
+    if background.any():
+        masks = background.split([len(p) for p in samples.proposals])
+        logits, _ = teacher_on_rois(teacher, [p[m] for p, m in zip(samples.proposals, masks)], tp, matrices)
+        weights[background] = logits.softmax(-1)[:, 0].to(weights)
+    return weights
 
 
 class PseudoLabel(Method):
@@ -104,11 +146,10 @@ class PseudoLabel(Method):
     def losses(self, student: nn.Module, ctx: StepContext, batch: Batch) -> dict[str, Tensor]:
         if ctx.burn_in or batch.num_unlabeled == 0:
             return student.supervised_losses(batch.images, batch.boxes, batch.labels)
-        with torch.no_grad():
-            dets = ctx.teacher.predict(batch.weak)
+        tp = teacher_pass(ctx.teacher, batch.weak)
         pseudo_boxes, pseudo_labels = [], []
-        for det, m, strong, gt_b, gt_l in zip(dets, batch.teacher_to_student, batch.strong, batch.gt_weak_boxes,
-                                              batch.gt_weak_labels):
+        for det, m, strong, gt_b, gt_l in zip(tp.detections, batch.teacher_to_student, batch.strong,
+                                              batch.gt_weak_boxes, batch.gt_weak_labels):
             if self.options.oracle:
                 boxes, labels, scores = gt_b, gt_l, torch.ones(len(gt_l), device=gt_b.device)
             else:
@@ -117,6 +158,13 @@ class PseudoLabel(Method):
             mapped, keep = to_student_view(boxes, m, strong.shape[1:])
             pseudo_boxes.append(mapped[keep])
             pseudo_labels.append(labels[keep])
-        return mean_teacher_losses(student, batch, pseudo_boxes, pseudo_labels, unsup_weight=ctx.unsup_weight,
-                                   box_regression=self.options.box_regression,
-                                   rpn_regression=self.options.rpn_regression, ctx=ctx)
+        sp = student_pass(student, batch, pseudo_boxes, pseudo_labels)
+        unl = sp.unl
+        samples = sp.samples.select(unl)
+        weights = (background_weights(ctx.teacher, samples, tp, batch.teacher_to_student)
+                   if self.options.background_weighting else None)
+        unsup = {**student.rpn_loss(sp.rpn.select(unl), pseudo_boxes, regression=self.options.rpn_regression),
+                 **student.roi_loss(sp.rois.select(unl), samples, regression=self.options.box_regression,
+                                    cls_weights=weights)}
+        log_student_rois(ctx, sp, batch)
+        return {**sp.supervised, **{f"{k}_unsup": v * ctx.unsup_weight for k, v in unsup.items()}}

@@ -315,16 +315,24 @@ class FasterRCNN(nn.Module):
             out.matched_boxes.append(gt[idx[keep].clamp(min=0)])
         return out
 
-    def roi_loss(self, rois: RoIOutput, samples: RoISamples, *, regression: bool = True) -> dict[str, Tensor]:
-        """Classification (CE or focal) over sampled RoIs and class-specific box loss of positives."""
+    def roi_loss(self, rois: RoIOutput, samples: RoISamples, *, regression: bool = True,
+                 cls_weights: Tensor | None = None) -> dict[str, Tensor]:
+        """Classification (CE or focal) over sampled RoIs and class-specific box loss of positives.
+        ``cls_weights`` ``(R,)``: per-RoI classification weights; the loss is then their weighted
+        sum divided by their sum (at least 1, as Soft Teacher) instead of the mean."""
         c = self.config
         labels = torch.cat(samples.labels)
         if c.cls_loss == "focal":
-            loss_cls = softmax_focal_loss(rois.class_logits, labels, gamma=c.focal_gamma)
+            per_roi = softmax_focal_loss(rois.class_logits, labels, gamma=c.focal_gamma, reduction="none")
         elif c.cls_loss == "ce":
-            loss_cls = F.cross_entropy(rois.class_logits.float(), labels)
+            per_roi = F.cross_entropy(rois.class_logits.float(), labels, reduction="none")
         else:
             raise ValueError(f"unknown classification loss {c.cls_loss!r}; choose ce or focal")
+        if cls_weights is None:
+            loss_cls = per_roi.mean() if per_roi.numel() else per_roi.sum()
+        else:
+            w = cls_weights.detach().to(per_roi)
+            loss_cls = (per_roi * w).sum() / w.sum().clamp(min=1.0)
         pos = torch.where(labels > 0)[0]
         if not regression or pos.numel() == 0:
             return {"loss_cls": loss_cls, "loss_box": _zero(rois.box_deltas)}

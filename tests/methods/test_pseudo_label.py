@@ -3,7 +3,7 @@ import torch
 from ssodlib.data.transforms import hflip_matrix, scale_matrix
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.methods import METHODS, StepContext, get_method
-from ssodlib.methods.pseudo_label import select_pseudo_labels, to_student_view
+from ssodlib.methods.pseudo_label import background_weights, select_pseudo_labels, teacher_pass, to_student_view
 from ssodlib.models.detector import Detections
 from tiny_setup import tiny_batch, tiny_detector
 
@@ -70,3 +70,31 @@ def test_oracle_trains_on_the_withheld_ground_truth_whatever_the_teacher_says():
     assert thresholded.pseudo == 0 and thresholded.roi_tp == 0
     assert oracle.pseudo == 1 and oracle.tp == 1 and oracle.tp_iou_sum == 1.0
     assert oracle.roi_tp > 0 and oracle.roi_fp == 0  # the student's foreground RoIs sit on the mirrored box
+
+
+def test_background_weighting_scores_background_rois_with_the_teacher_in_its_view():
+    student, teacher = tiny_detector(), tiny_detector().eval()
+    batch = tiny_batch(mirrored=True)  # student view = teacher view flipped, 64 px wide
+    tp = teacher_pass(teacher, batch.weak)
+    props = [torch.tensor([[24.0, 8, 56, 40], [0, 0, 16, 16], [40, 40, 64, 64]])]  # the box, then 2 background
+    samples = student.sample_rois(props, batch.gt_strong_boxes, batch.gt_strong_labels, add_gt=False)
+    assert samples.labels[0].tolist() == [2, 0, 0]
+    weights = background_weights(teacher, samples, tp, batch.teacher_to_student)
+    in_teacher_view = torch.tensor([[48.0, 0, 64, 16], [0, 40, 24, 64]])  # x -> 64 - x
+    with torch.no_grad():
+        p_background = teacher.roi_head(tp.features, [in_teacher_view], tp.batch).class_logits.softmax(-1)[:, 0]
+    torch.testing.assert_close(weights, torch.cat([torch.ones(1), p_background]))
+    assert 0 < p_background.min() and p_background.max() < 1
+
+
+def test_background_weighting_switch_reaches_the_unsupervised_classification_loss():
+    student, teacher = tiny_detector(), tiny_detector().eval()
+    ctx = StepContext(teacher=teacher, iteration=5, burn_in=False, unsup_weight=1.0, stats=PseudoLabelStats(num_classes=3))
+    out = {}
+    for weighting in (False, True):
+        torch.manual_seed(1)  # the same sampled RoIs
+        out[weighting] = get_method("pseudo_label")(options={"score_thresh": 0.0, "background_weighting": weighting}
+                                                    ).losses(student, ctx, tiny_batch(mirrored=True))
+    assert out[True]["loss_cls_unsup"].item() != out[False]["loss_cls_unsup"].item()
+    for key in ("loss_cls", "loss_rpn_cls_unsup", "loss_rpn_cls"):
+        torch.testing.assert_close(out[True][key], out[False][key])

@@ -308,6 +308,20 @@ def test_roi_loss_hand_values():
         m.roi_loss(*_hand_rois())
 
 
+def test_roi_loss_weights_each_roi_and_divides_by_the_weights_sum_at_least_one():
+    m = _model(num_classes=1)
+    ce = [-math.log(p) for p in (_softmax([0.0, 1.0])[1], _softmax([2.0, 0.0])[0])]  # the two RoIs' losses
+    for weights, expected in [((1.0, 0.5), (ce[0] + 0.5 * ce[1]) / 1.5),
+                              ((0.25, 0.25), 0.25 * (ce[0] + ce[1])),  # sum 0.5: divided by 1
+                              ((0.0, 1.0), ce[1])]:
+        rois, samples = _hand_rois()
+        out = m.roi_loss(rois, samples, cls_weights=torch.tensor(weights))
+        assert out["loss_cls"].item() == pytest.approx(expected, rel=1e-6)
+        assert out["loss_box"].item() == pytest.approx((1 - 1 / 18) / 2, rel=1e-6)  # box loss unweighted
+    rois, samples = _hand_rois()
+    m.roi_loss(rois, samples, cls_weights=torch.tensor([0.0, 1.0]))["loss_cls"].backward()
+    assert rois.class_logits.grad[0].abs().sum() == 0 and rois.class_logits.grad[1].abs().sum() > 0
+
 def test_roi_loss_no_regression_keeps_graph():
     m = _model(num_classes=1)
     rois, samples = _hand_rois()
