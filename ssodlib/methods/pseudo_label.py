@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import clip_boxes_to_image
+from torchvision.ops import box_iou, clip_boxes_to_image
 
 from ssodlib.data.transforms import clip_boxes, transform_boxes
 from ssodlib.engine.data import Batch
@@ -39,12 +39,22 @@ class PseudoLabelOptions:
     # diagnostic upper bound, not a method: the unlabeled images' withheld ground truth replaces the
     # teacher's detections, so a run measures what perfect pseudo labels would add through this pipeline
     oracle: bool = False
+    # diagnostic: only the ground-truth boxes that a teacher box at score_thresh (any class) overlaps at
+    # IoU >= 0.5, with their true boxes and classes: the teacher's recall without its errors
+    oracle_found_only: bool = False
 
 
 def select_pseudo_labels(det: Detections, *, score_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
     """Teacher detections at or above ``score_thresh``: ``(K, 4)`` boxes, ``(K,)`` labels, scores."""
     keep = det.scores >= score_thresh
     return det.boxes[keep], det.labels[keep], det.scores[keep]
+
+
+def found_ground_truth(boxes: Tensor, gt_boxes: Tensor, *, iou_thresh: float = 0.5) -> Tensor:
+    """``(G,)`` mask of the ground-truth boxes that one of the ``(K, 4)`` boxes overlaps at ``iou_thresh``."""
+    if len(boxes) == 0 or len(gt_boxes) == 0:
+        return torch.zeros(len(gt_boxes), dtype=torch.bool, device=gt_boxes.device)
+    return (box_iou(gt_boxes.float(), boxes.float().to(gt_boxes.device)) >= iou_thresh).any(1)
 
 
 def to_student_view(boxes: Tensor, matrix: Tensor, size: tuple[int, int]) -> Tensor:
@@ -150,10 +160,11 @@ class PseudoLabel(Method):
         pseudo_boxes, pseudo_labels = [], []
         for det, m, strong, gt_b, gt_l in zip(tp.detections, batch.teacher_to_student, batch.strong,
                                               batch.gt_weak_boxes, batch.gt_weak_labels):
-            if self.options.oracle:
-                boxes, labels, scores = gt_b, gt_l, torch.ones(len(gt_l), device=gt_b.device)
-            else:
-                boxes, labels, scores = select_pseudo_labels(det, score_thresh=self.options.score_thresh)
+            boxes, labels, scores = select_pseudo_labels(det, score_thresh=self.options.score_thresh)
+            if self.options.oracle or self.options.oracle_found_only:
+                found = found_ground_truth(boxes, gt_b) if self.options.oracle_found_only else slice(None)
+                boxes, labels = gt_b[found], gt_l[found]
+                scores = torch.ones(len(labels), device=gt_b.device)
             ctx.stats.add_image(boxes=boxes, labels=labels, scores=scores, gt_boxes=gt_b, gt_labels=gt_l)
             mapped, keep = to_student_view(boxes, m, strong.shape[1:])
             pseudo_boxes.append(mapped[keep])

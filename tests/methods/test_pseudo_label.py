@@ -3,7 +3,8 @@ import torch
 from ssodlib.data.transforms import hflip_matrix, scale_matrix
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.methods import METHODS, StepContext, get_method
-from ssodlib.methods.pseudo_label import background_weights, select_pseudo_labels, teacher_pass, to_student_view
+from ssodlib.methods.pseudo_label import (background_weights, found_ground_truth, select_pseudo_labels, teacher_pass,
+                                         to_student_view)
 from ssodlib.models.detector import Detections
 from tiny_setup import tiny_batch, tiny_detector
 
@@ -98,3 +99,25 @@ def test_background_weighting_switch_reaches_the_unsupervised_classification_los
     assert out[True]["loss_cls_unsup"].item() != out[False]["loss_cls_unsup"].item()
     for key in ("loss_cls", "loss_rpn_cls_unsup", "loss_rpn_cls"):
         torch.testing.assert_close(out[True][key], out[False][key])
+
+
+def test_found_ground_truth_is_any_box_at_iou_half_or_more():
+    gt = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]])
+    boxes = torch.tensor([[0.0, 0, 10, 11], [20, 20, 30, 40], [44, 40, 54, 50]])  # IoU 10/11, 1/2 exactly, 6/14
+    assert found_ground_truth(boxes, gt).tolist() == [True, True, False]
+    assert found_ground_truth(boxes[:0], gt).tolist() == [False] * 3
+
+
+def test_oracle_found_only_keeps_the_ground_truth_the_teacher_finds(monkeypatch):
+    import ssodlib.methods.pseudo_label as pl
+
+    student, teacher = tiny_detector(), tiny_detector().eval()
+    boxes = torch.tensor([[9.0, 9, 40, 40], [50, 50, 60, 60]])  # the ground-truth box [8, 8, 40, 40], then background
+    for near_score, expected in [(0.9, 1), (0.6, 0)]:  # the box near the ground truth above / below 0.7
+        det = Detections(boxes, torch.tensor([near_score, 0.95]), torch.tensor([2, 0]), torch.zeros(2, 4))
+        monkeypatch.setattr(pl, "teacher_pass", lambda *a, det=det, **k: pl.TeacherPass([det], {}, None))
+        stats = PseudoLabelStats(num_classes=3)
+        ctx = StepContext(teacher=teacher, iteration=5, burn_in=False, unsup_weight=1.0, stats=stats)
+        get_method("pseudo_label")(options={"oracle_found_only": True}).losses(student, ctx, tiny_batch())
+        # the found object with its true box and class (the teacher said class 2), the background box dropped
+        assert stats.pseudo == expected and stats.tp == expected
