@@ -26,6 +26,7 @@ from torchvision.ops import box_iou, clip_boxes_to_image
 
 from ssodlib.data.transforms import clip_boxes, transform_boxes
 from ssodlib.engine.data import Batch
+from ssodlib.io import InputError
 from ssodlib.methods.base import Method, StepContext
 from ssodlib.models.detector import Detections, FasterRCNN, ImageBatch, RoIOutput, RoISamples, RPNOutput
 
@@ -42,6 +43,14 @@ class PseudoLabelOptions:
     # diagnostic: only the ground-truth boxes that a teacher box at score_thresh (any class) overlaps at
     # IoU >= 0.5, with their true boxes and classes: the teacher's recall without its errors
     oracle_found_only: bool = False
+    # with oracle: each ground-truth box is kept with this probability at each visit, a random subset of
+    # the objects at a chosen recall (against oracle_found_only: the teacher's own subset)
+    oracle_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.oracle_fraction <= 1.0:
+            raise InputError(f"pseudo_label option oracle_fraction={self.oracle_fraction} is not a probability. "
+                             "Fix: a value in [0, 1].")
 
 
 def select_pseudo_labels(det: Detections, *, score_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -153,6 +162,21 @@ class PseudoLabel(Method):
     uses_unlabeled = True
     Options = PseudoLabelOptions
 
+    def image_pseudo_labels(self, det: Detections, gt_boxes: Tensor, gt_labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One image's ``(K, 4)`` boxes, ``(K,)`` labels and scores: the teacher's detections at the
+        threshold, or under the oracle switches the withheld ground truth (scores 1)."""
+        o = self.options
+        boxes, labels, scores = select_pseudo_labels(det, score_thresh=o.score_thresh)
+        if not (o.oracle or o.oracle_found_only):
+            return boxes, labels, scores
+        if o.oracle_found_only:
+            keep = found_ground_truth(boxes, gt_boxes)
+        elif o.oracle_fraction < 1.0:
+            keep = torch.rand(len(gt_labels), device=gt_boxes.device) < o.oracle_fraction
+        else:
+            keep = torch.ones(len(gt_labels), dtype=torch.bool, device=gt_boxes.device)
+        return gt_boxes[keep], gt_labels[keep], torch.ones(int(keep.sum()), device=gt_boxes.device)
+
     def losses(self, student: nn.Module, ctx: StepContext, batch: Batch) -> dict[str, Tensor]:
         if ctx.burn_in or batch.num_unlabeled == 0:
             return student.supervised_losses(batch.images, batch.boxes, batch.labels)
@@ -160,11 +184,7 @@ class PseudoLabel(Method):
         pseudo_boxes, pseudo_labels = [], []
         for det, m, strong, gt_b, gt_l in zip(tp.detections, batch.teacher_to_student, batch.strong,
                                               batch.gt_weak_boxes, batch.gt_weak_labels):
-            boxes, labels, scores = select_pseudo_labels(det, score_thresh=self.options.score_thresh)
-            if self.options.oracle or self.options.oracle_found_only:
-                found = found_ground_truth(boxes, gt_b) if self.options.oracle_found_only else slice(None)
-                boxes, labels = gt_b[found], gt_l[found]
-                scores = torch.ones(len(labels), device=gt_b.device)
+            boxes, labels, scores = self.image_pseudo_labels(det, gt_b, gt_l)
             ctx.stats.add_image(boxes=boxes, labels=labels, scores=scores, gt_boxes=gt_b, gt_labels=gt_l)
             mapped, keep = to_student_view(boxes, m, strong.shape[1:])
             pseudo_boxes.append(mapped[keep])

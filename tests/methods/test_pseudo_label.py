@@ -121,3 +121,22 @@ def test_oracle_found_only_keeps_the_ground_truth_the_teacher_finds(monkeypatch)
         get_method("pseudo_label")(options={"oracle_found_only": True}).losses(student, ctx, tiny_batch())
         # the found object with its true box and class (the teacher said class 2), the background box dropped
         assert stats.pseudo == expected and stats.tp == expected
+
+
+def test_oracle_fraction_keeps_a_random_subset_of_the_ground_truth():
+    import pytest
+
+    from ssodlib.io import InputError
+
+    gt = torch.arange(4000.0).reshape(1000, 4) + torch.tensor([0.0, 0, 5, 5])
+    gt_labels = torch.arange(1000) % 3
+    no_dets = Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 4))
+    torch.manual_seed(0)
+    for fraction, low, high in [(1.0, 1000, 1000), (0.4, 350, 450), (0.0, 0, 0)]:
+        method = get_method("pseudo_label")(options={"oracle": True, "oracle_fraction": fraction})
+        boxes, labels, scores = method.image_pseudo_labels(no_dets, gt, gt_labels)
+        assert low <= len(boxes) <= high and (scores == 1).all()
+        rows = (boxes[:, 0] / 4).long()  # which ground-truth boxes: each kept with its own label
+        assert torch.equal(labels, gt_labels[rows]) and torch.equal(boxes, gt[rows])
+    with pytest.raises(InputError, match="oracle_fraction"):
+        get_method("pseudo_label")(options={"oracle": True, "oracle_fraction": 1.5})
