@@ -51,6 +51,9 @@ class PseudoLabelOptions:
         if not 0.0 <= self.oracle_fraction <= 1.0:
             raise InputError(f"pseudo_label option oracle_fraction={self.oracle_fraction} is not a probability. "
                              "Fix: a value in [0, 1].")
+        if self.oracle_fraction < 1.0 and not self.oracle:
+            raise InputError("pseudo_label option oracle_fraction subsamples the oracle's ground truth. "
+                             "Fix: add oracle: true, or drop oracle_fraction.")
 
 
 def select_pseudo_labels(det: Detections, *, score_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -118,6 +121,7 @@ class TeacherPass:
 
 @torch.no_grad()
 def teacher_pass(teacher: FasterRCNN, weak: list[Tensor], *, with_candidates: bool = False) -> TeacherPass:
+    """The teacher's detections on the ``(3, h, w)`` weak views, keeping its features for :func:`teacher_on_rois`."""
     t_batch = teacher.preprocess(weak)
     t_feats = teacher.features(t_batch)
     t_props, _ = teacher.proposals(teacher.rpn(t_feats, t_batch), t_batch)

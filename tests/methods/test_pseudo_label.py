@@ -140,3 +140,5 @@ def test_oracle_fraction_keeps_a_random_subset_of_the_ground_truth():
         assert torch.equal(labels, gt_labels[rows]) and torch.equal(boxes, gt[rows])
     with pytest.raises(InputError, match="oracle_fraction"):
         get_method("pseudo_label")(options={"oracle": True, "oracle_fraction": 1.5})
+    with pytest.raises(InputError, match="add oracle: true"):  # it would be ignored without the oracle
+        get_method("pseudo_label")(options={"oracle_fraction": 0.4})
