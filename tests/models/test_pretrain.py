@@ -27,7 +27,8 @@ def crops():
 
 def test_crop_classification_learns_the_shapes_beyond_the_majority_class(crops):
     (x, y), (xv, yv) = crops
-    config = PretrainConfig(images=0, val_images=0, epochs=6, crop_size=32, batch_size=32, lr=0.05)
+    # 8 epochs, not 6: with one thread on some CPUs 6 ended at 0.40 against a majority of 0.31 (8: 0.58)
+    config = PretrainConfig(images=0, val_images=0, epochs=8, crop_size=32, batch_size=32, lr=0.05)
     model, losses = train_crop_classifier(x, y, config)
     majority = np.bincount(yv, minlength=BACKGROUND + 1).max() / len(yv)
     assert losses[-1] < losses[0]
