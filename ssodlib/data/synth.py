@@ -63,7 +63,7 @@ class SynthConfig:
 
 SYNTH_PRESETS: dict[str, SynthConfig] = {
     "smoke": SynthConfig(num_train=100, num_val=20, image_size=96, max_objects=8, clutter=3),
-    "mini": SynthConfig(num_train=4000, num_val=500, image_size=256),
+    "mini": SynthConfig(num_train=2000, num_val=500, image_size=256),
 }
 
 

@@ -2,8 +2,8 @@
 
 Every paper starts its detector from an ImageNet-pretrained backbone, and its supervised baseline is
 limited by labels, not by training time. A tiny backbone trained from scratch in a 15-minute CPU run
-is limited by training time instead (measured: at 5 % labels, supervised training on the mini
-schedule matched training on all labels), which hides what unlabeled data adds. With
+is limited by training time instead (measured on the former 4000-image mini benchmark: at 5 % labels,
+supervised training from scratch matched training on all labels), which hides what unlabeled data adds. With
 ``pretrained=true`` the tiny backbone starts from weights learnt by classifying object crops of the
 benchmark's shape classes (and background) cut from images of the ``pretrain`` split, which no
 training or validation image comes from, as ImageNet classification is disjoint from COCO detection. Only the backbone trunk is
@@ -49,7 +49,8 @@ class PretrainConfig:
 
 
 PRETRAIN_PRESETS: dict[str, PretrainConfig] = {
-    # measured: 94.9 % accuracy on the 3183 crops of the next 500 images (13 classes); 9 minutes on one CPU core
+    # measured: 94.8-95.4 % accuracy on the 3183 crops of the next 500 images (13 classes; the thread count
+    # changes the summation order, hence the weights); about 4 minutes on one CPU core, 2 on two
     "mini": PretrainConfig(images=6000, val_images=500, epochs=8),
     "smoke": PretrainConfig(images=24, val_images=8, epochs=1, crop_size=32, batch_size=32),
 }
