@@ -1,8 +1,9 @@
 """Backbones with FPN: ResNet-50 / ResNet-18 from torchvision and a tiny CNN for smoke tests.
 
 Paper scale follows the standard recipe: ImageNet weights through torchvision's weights API,
-frozen BatchNorm, stem and first stage frozen. Training from scratch (mini and smoke scale: no
-weights can be downloaded everywhere) uses GroupNorm, which works at a few images per batch.
+frozen BatchNorm, stem and first stage frozen. The tiny backbone (mini and smoke scale: no weights can
+be downloaded everywhere) uses GroupNorm, which works at a few images per batch; at mini scale its trunk
+starts from the benchmark's own pretrained weights (ssodlib.models.pretrain), at smoke from scratch.
 """
 
 from __future__ import annotations
