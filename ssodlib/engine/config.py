@@ -103,7 +103,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Tuned so that one run takes at most ~15 minutes on 2 CPU cores and 5 % labels are a label-limited
     # setting, as COCO's are for the papers' ImageNet-initialised ResNet-50: a tiny backbone whose trunk
     # starts from weights pretrained on object crops of images outside the benchmark's splits
-    # (ssodlib.models.pretrain; the papers' ImageNet), 2 labeled (+ 2 unlabeled) images per step, cheap
+    # (ssodlib.models.pretrain), 2 labeled (+ 2 unlabeled) images per step, cheap
     # RoIAlign (its backward dominates a CPU step), and an EMA keep rate scaled to the short schedule
     # (time constant ~200 iterations). Supervised runs keep a snapshot at the burn-in (2000), from which
     # semi-supervised runs start (init_from), so a pseudo_label run is the 2000 iterations after it. The
