@@ -140,13 +140,16 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from ssodlib.report import figures
-    from ssodlib.report.runs import eval_curves, pseudo_label_summary
+    from ssodlib.report.runs import eval_curves, per_class_ap, pseudo_label_summary
 
     curves = eval_curves(args.runs, model=args.model, metric=args.metric)
     with pd.option_context("display.width", 200, "display.max_columns", None):
         print(f"{args.metric} (%) of the {args.model} (the student where a run has no teacher); "
               f"lead = run - {curves.columns[0]}")
         print(curves.to_string(float_format="{:.2f}".format))
+        if args.per_class:
+            print(f"\nAP (%) per class at each run's last evaluation, {args.model} as above")
+            print(per_class_ap(args.runs, model=args.model).to_string(float_format="{:.2f}".format))
         labels = pseudo_label_summary(args.runs)
         if not labels.empty:
             print("\npseudo labels, averaged over training")
@@ -358,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR", help="run folders; the first is the baseline")
     p.add_argument("--model", choices=("teacher", "student"), default="teacher")
     p.add_argument("--metric", default="ap", help="ap, ap50, ap75, ap_small, ap_medium, ap_large")
+    p.add_argument("--per-class", action="store_true", help="also each class's AP at each run's last evaluation")
     p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
     p.add_argument("--plot", type=Path, default=None, help="also draw the curves into this PNG")
     p.set_defaults(func=_cmd_compare)

@@ -1,6 +1,6 @@
 """Side-by-side comparison of training runs from their folders: the evaluated metric at every
-evaluated iteration, each run's lead over the first (the baseline), and the pseudo-label
-diagnostics averaged over training. ``ssod compare`` prints it; a plot draws the curves."""
+evaluated iteration, each run's lead over the first (the baseline), each class's AP at the last
+evaluation, and the pseudo-label diagnostics averaged over training. ``ssod compare`` prints it; a plot draws the curves."""
 
 from __future__ import annotations
 
@@ -52,12 +52,43 @@ def eval_curves(run_dirs: Sequence[str | os.PathLike], *, model: str = "teacher"
     return frame
 
 
+def per_class_ap(run_dirs: Sequence[str | os.PathLike], *, model: str = "teacher",
+                 names: Sequence[str] | None = None) -> pd.DataFrame:
+    """AP in % per class (rows, in the runs' class order) at each run's last evaluation, one column per
+    run, then ``lead <run>`` columns (each run minus the first) and a last row ``mean``. ``model`` is
+    read as in :func:`eval_curves`. Shows which classes a method's lead in mAP comes from."""
+    names = list(names) if names else _names(run_dirs)
+    series = {}
+    for name, run_dir in zip(names, run_dirs):
+        evals = [r for r in run_records(run_dir) if r.get("kind") == "eval"]
+        if not evals:
+            raise InputError(f"{Path(run_dir) / METRICS_NAME}: has no evaluation. Fix: pass finished runs, or runs "
+                             "that evaluated at least once (eval_every).")
+        series[name] = pd.Series({c: 100 * v for c, v in _per_class(evals[-1], model, run_dir).items()}, dtype=float)
+    frame = pd.DataFrame(series)
+    frame.loc["mean"] = frame.mean()
+    frame.index.name = "class"
+    for name in names[1:]:
+        frame[f"lead {name}"] = frame[name] - frame[names[0]]
+    return frame
+
+
 def _model_metric(record: dict[str, Any], model: str, metric: str, run_dir: str | os.PathLike) -> float:
     metrics = record.get(model) or record.get("student")
-    if metrics is None or metric not in metrics:
+    value = None if metrics is None else metrics.get(metric)
+    if value is None or isinstance(value, dict):
         raise InputError(f"{Path(run_dir) / METRICS_NAME}: iteration {record['iteration']} has no {model} or "
-                         f"student {metric!r}. Fix: choose --metric from ap, ap50, ap75, ap_small, ...")
-    return float(metrics[metric])
+                         f"student {metric!r}. Fix: choose --metric from ap, ap50, ap75, ap_small, ... "
+                         "(per-class AP: --per-class)")
+    return float(value)
+
+
+def _per_class(record: dict[str, Any], model: str, run_dir: str | os.PathLike) -> dict[str, float]:
+    metrics = record.get(model) or record.get("student") or {}
+    if not isinstance(metrics.get("per_class_ap"), dict):
+        raise InputError(f"{Path(run_dir) / METRICS_NAME}: iteration {record['iteration']} has no per-class AP. "
+                         "Fix: pass runs evaluated by this library's trainer, which logs per_class_ap.")
+    return {c: float(v) for c, v in metrics["per_class_ap"].items()}
 
 
 def _names(run_dirs: Sequence[str | os.PathLike]) -> list[str]:

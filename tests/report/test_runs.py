@@ -4,7 +4,7 @@ import pytest
 
 from ssodlib.cli import main
 from ssodlib.io import InputError
-from ssodlib.report.runs import eval_curves, pseudo_label_summary
+from ssodlib.report.runs import eval_curves, per_class_ap, pseudo_label_summary
 
 
 def _run(folder, records):
@@ -68,3 +68,36 @@ def test_compare_command_prints_the_table_and_writes_csv_and_plot(runs, tmp_path
     assert "lead = run - sup" in out and "25.00" in out and "pl_precision" in out
     assert csv.read_text().splitlines()[0] == "iteration,sup,pl,lead pl"
     assert png.stat().st_size > 0
+
+
+def _eval_per_class(iteration, student, teacher=None):
+    record = {"iteration": iteration, "kind": "eval",
+              "student": {"ap": sum(student.values()) / len(student), "per_class_ap": student}}
+    if teacher is not None:
+        record["teacher"] = {"ap": sum(teacher.values()) / len(teacher), "per_class_ap": teacher}
+    return record
+
+
+def test_per_class_ap_at_the_last_evaluation_with_leads_and_the_mean(tmp_path):
+    sup = _run(tmp_path / "sup", [_eval_per_class(100, {"disk": 0.1, "star": 0.0}),
+                                  _eval_per_class(200, {"disk": 0.5, "star": 0.1})])
+    pl = _run(tmp_path / "pl", [_eval_per_class(200, {"disk": 0.2, "star": 0.0}, teacher={"disk": 0.3, "star": 0.0}),
+                                _eval_per_class(300, {"disk": 0.6, "star": 0.1}, teacher={"disk": 0.7, "star": 0.05})])
+    table = per_class_ap([sup, pl], model="teacher")
+    assert list(table.columns) == ["sup", "pl", "lead pl"] and list(table.index) == ["disk", "star", "mean"]
+    assert table.loc["disk"].tolist() == pytest.approx([50.0, 70.0, 20.0])
+    assert table.loc["star"].tolist() == pytest.approx([10.0, 5.0, -5.0])
+    assert table.loc["mean"].tolist() == pytest.approx([30.0, 37.5, 7.5])
+    assert per_class_ap([sup, pl], model="student").loc["disk", "lead pl"] == pytest.approx(10.0)
+
+
+def test_per_class_ap_names_the_file_without_per_class_numbers_and_compare_prints_it(runs, tmp_path, capsys):
+    with pytest.raises(InputError, match=r"sup.metrics\.jsonl: iteration 200 has no per-class AP"):
+        per_class_ap(runs)
+    sup = _run(tmp_path / "a", [_eval_per_class(100, {"disk": 0.4, "ring": 0.2})])
+    with pytest.raises(InputError, match=r"a.metrics\.jsonl: .*'per_class_ap'.*--per-class"):
+        eval_curves([sup], metric="per_class_ap")  # a per-class dict is not a curve
+    pl = _run(tmp_path / "b", [_eval_per_class(100, {"disk": 0.5, "ring": 0.2}, teacher={"disk": 0.6, "ring": 0.3})])
+    assert main(["compare", str(sup), str(pl), "--per-class"]) == 0
+    out = capsys.readouterr().out
+    assert "AP (%) per class" in out and "ring" in out and "45.00" in out  # the teacher's mean
