@@ -1,6 +1,7 @@
 """Side-by-side comparison of training runs from their folders: the evaluated metric at every
 evaluated iteration, each run's lead over the first (the baseline), each class's AP at the last
-evaluation, and the pseudo-label diagnostics averaged over training. ``ssod compare`` prints it; a plot draws the curves."""
+evaluation, and the pseudo-label diagnostics averaged over training. ``ssod compare`` prints it; a
+plot draws the curves."""
 
 from __future__ import annotations
 
