@@ -43,7 +43,7 @@ def eval_curves(run_dirs: Sequence[str | os.PathLike], *, model: str = "teacher"
     names = list(names) if names else _names(run_dirs)
     series = {}
     for name, run_dir in zip(names, run_dirs):
-        evals = [r for r in run_records(run_dir) if r.get("kind") == "eval"]
+        evals = _eval_records(run_dir)
         series[name] = pd.Series({r["iteration"]: 100 * _model_metric(r, model, metric, run_dir) for r in evals},
                                  dtype=float)
     frame = pd.DataFrame(series).sort_index()
@@ -61,7 +61,7 @@ def per_class_ap(run_dirs: Sequence[str | os.PathLike], *, model: str = "teacher
     names = list(names) if names else _names(run_dirs)
     series = {}
     for name, run_dir in zip(names, run_dirs):
-        evals = [r for r in run_records(run_dir) if r.get("kind") == "eval"]
+        evals = _eval_records(run_dir)
         if not evals:
             raise InputError(f"{Path(run_dir) / METRICS_NAME}: has no evaluation. Fix: pass finished runs, or runs "
                              "that evaluated at least once (eval_every).")
@@ -74,9 +74,17 @@ def per_class_ap(run_dirs: Sequence[str | os.PathLike], *, model: str = "teacher
     return frame
 
 
+def _eval_records(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    return [r for r in run_records(run_dir) if r.get("kind") == "eval"]
+
+
+def _model_metrics(record: dict[str, Any], model: str) -> dict[str, Any]:
+    """An evaluation's metrics of ``model``, else the student's: supervised runs and burn-ins have no teacher."""
+    return record.get(model) or record.get("student") or {}
+
+
 def _model_metric(record: dict[str, Any], model: str, metric: str, run_dir: str | os.PathLike) -> float:
-    metrics = record.get(model) or record.get("student")
-    value = None if metrics is None else metrics.get(metric)
+    value = _model_metrics(record, model).get(metric)
     if value is None or isinstance(value, dict):
         raise InputError(f"{Path(run_dir) / METRICS_NAME}: iteration {record['iteration']} has no {model} or "
                          f"student {metric!r}. Fix: choose --metric from ap, ap50, ap75, ap_small, ... "
@@ -85,7 +93,7 @@ def _model_metric(record: dict[str, Any], model: str, metric: str, run_dir: str 
 
 
 def _per_class(record: dict[str, Any], model: str, run_dir: str | os.PathLike) -> dict[str, float]:
-    metrics = record.get(model) or record.get("student") or {}
+    metrics = _model_metrics(record, model)
     if not isinstance(metrics.get("per_class_ap"), dict):
         raise InputError(f"{Path(run_dir) / METRICS_NAME}: iteration {record['iteration']} has no per-class AP. "
                          "Fix: pass runs evaluated by this library's trainer, which logs per_class_ap.")
