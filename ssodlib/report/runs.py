@@ -5,6 +5,7 @@ plot draws the curves."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -97,7 +98,8 @@ def _per_class(record: dict[str, Any], model: str, run_dir: str | os.PathLike) -
     if not isinstance(metrics.get("per_class_ap"), dict):
         raise InputError(f"{Path(run_dir) / METRICS_NAME}: iteration {record['iteration']} has no per-class AP. "
                          "Fix: pass runs evaluated by this library's trainer, which logs per_class_ap.")
-    return {c: float(v) for c, v in metrics["per_class_ap"].items()}
+    # null: a class without ground truth in the evaluated images (coco_eval writes undefined AP so)
+    return {c: math.nan if v is None else float(v) for c, v in metrics["per_class_ap"].items()}
 
 
 def _names(run_dirs: Sequence[str | os.PathLike]) -> list[str]:

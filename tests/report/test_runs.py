@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 
@@ -101,3 +102,10 @@ def test_per_class_ap_names_the_file_without_per_class_numbers_and_compare_print
     assert main(["compare", str(sup), str(pl), "--per-class"]) == 0
     out = capsys.readouterr().out
     assert "AP (%) per class" in out and "ring" in out and "45.00" in out  # the teacher's mean
+
+
+def test_per_class_ap_reads_an_undefined_class_as_nan_and_leaves_it_out_of_the_mean(tmp_path):
+    run = _run(tmp_path / "r", [{"iteration": 100, "kind": "eval",
+                                 "student": {"ap": 0.4, "per_class_ap": {"disk": 0.4, "star": None}}}])
+    table = per_class_ap([run], model="student")
+    assert math.isnan(table.loc["star", "r"]) and table.loc["mean", "r"] == pytest.approx(40.0)
