@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ssodlib.data.synth import BACKGROUND, default_data_root, object_crops, synth_config
+from ssodlib.data.synth import BACKGROUND, CLASSES, default_data_root, object_crops, synth_config
+from ssodlib.data.synth import FORMAT_VERSION as BENCHMARK_FORMAT_VERSION
 from ssodlib.io import InputError, atomic_write, jsonable, read_json, write_json
 from ssodlib.models.backbones import TinyBackbone
 from ssodlib.models.detector import DetectorConfig
@@ -149,7 +150,7 @@ def ensure_pretrained_backbone(scale: str, *, data_root: str | os.PathLike | Non
     config = replace(PRETRAIN_PRESETS[scale], **overrides)
     weights, manifest = pretrained_backbone_paths(scale, data_root=data_root)
     recipe = {"format_version": FORMAT_VERSION, "benchmark": asdict(synth_config(scale)), "benchmark_seed": seed,
-              "pretrain": asdict(config)}
+              "benchmark_format_version": BENCHMARK_FORMAT_VERSION, "classes": list(CLASSES), "pretrain": asdict(config)}
     if weights.is_file() and manifest.is_file() and read_json(manifest).get("recipe") == jsonable(recipe):
         return weights
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)

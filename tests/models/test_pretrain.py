@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssodlib.data.synth import BACKGROUND, object_crops, synth_config
+from ssodlib.data.synth import BACKGROUND, CLASSES, object_crops, synth_config
 from ssodlib.io import InputError
 from ssodlib.models.backbones import build_backbone
 from ssodlib.models.pretrain import (
@@ -65,6 +65,16 @@ def test_pretrained_weights_are_cached_and_rebuilt_when_the_recipe_changes(tmp_p
     assert weights.stat().st_mtime_ns != stamp
     with pytest.raises(InputError, match="pretrained=false"):
         ensure_pretrained_backbone("paper", data_root=tmp_path)
+
+
+def test_pretrained_weights_are_rebuilt_when_the_benchmark_classes_change(tmp_path, monkeypatch):
+    # the crops' labels are class indices: weights learnt under another class order would mislabel every class
+    weights = ensure_pretrained_backbone("smoke", data_root=tmp_path, workers=1, progress=False)
+    stamp = weights.stat().st_mtime_ns
+    monkeypatch.setattr("ssodlib.models.pretrain.CLASSES", tuple(reversed(CLASSES)))
+    ensure_pretrained_backbone("smoke", data_root=tmp_path, workers=1, progress=False)
+    assert weights.stat().st_mtime_ns != stamp
+    assert json.loads(weights.with_suffix(".json").read_text())["recipe"]["classes"][0] == CLASSES[-1]
 
 
 def test_the_tiny_backbone_loads_the_trunk_and_keeps_its_own_fpn(tmp_path):
