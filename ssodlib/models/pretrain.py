@@ -150,7 +150,8 @@ def ensure_pretrained_backbone(scale: str, *, data_root: str | os.PathLike | Non
     config = replace(PRETRAIN_PRESETS[scale], **overrides)
     weights, manifest = pretrained_backbone_paths(scale, data_root=data_root)
     recipe = {"format_version": FORMAT_VERSION, "benchmark": asdict(synth_config(scale)), "benchmark_seed": seed,
-              "benchmark_format_version": BENCHMARK_FORMAT_VERSION, "classes": list(CLASSES), "pretrain": asdict(config)}
+              "benchmark_format_version": BENCHMARK_FORMAT_VERSION, "classes": list(CLASSES),
+              "pretrain": asdict(config)}
     if weights.is_file() and manifest.is_file() and read_json(manifest).get("recipe") == jsonable(recipe):
         return weights
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
