@@ -352,6 +352,11 @@ class SynthPaths:
         return self.root / "benchmark.json"
 
 
+def benchmark_identity(config: SynthConfig, *, seed: int = 0) -> dict[str, Any]:
+    """What identifies a generated benchmark: a cache built from it (such as pretrained weights) records this."""
+    return {"format_version": FORMAT_VERSION, "seed": seed, "config": asdict(config), "classes": list(CLASSES)}
+
+
 def generate(config: SynthConfig, *, root: str | os.PathLike, seed: int = 0, workers: int | None = None,
              progress: bool = True, force: bool = False) -> SynthPaths:
     """Generate the benchmark under ``root`` (train, val, and the labeled/unlabeled folds of train).
@@ -360,7 +365,7 @@ def generate(config: SynthConfig, *, root: str | os.PathLike, seed: int = 0, wor
     the manifest is written last, so an interrupted generation is redone rather than half-used.
     """
     paths = SynthPaths(root=Path(root))
-    manifest = {"format_version": FORMAT_VERSION, "seed": seed, "config": asdict(config), "classes": list(CLASSES)}
+    manifest = benchmark_identity(config, seed=seed)
     if not force and paths.manifest.is_file() and read_json(paths.manifest) == jsonable(manifest):
         return paths
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)

@@ -25,8 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ssodlib.data.synth import BACKGROUND, CLASSES, default_data_root, object_crops, synth_config
-from ssodlib.data.synth import FORMAT_VERSION as BENCHMARK_FORMAT_VERSION
+from ssodlib.data.synth import BACKGROUND, benchmark_identity, default_data_root, object_crops, synth_config
 from ssodlib.io import InputError, atomic_write, jsonable, read_json, write_json
 from ssodlib.models.backbones import TinyBackbone
 from ssodlib.models.detector import DetectorConfig
@@ -149,8 +148,7 @@ def ensure_pretrained_backbone(scale: str, *, data_root: str | os.PathLike | Non
                          "Fix: set pretrained=false or use a resnet backbone.")
     config = replace(PRETRAIN_PRESETS[scale], **overrides)
     weights, manifest = pretrained_backbone_paths(scale, data_root=data_root)
-    recipe = {"format_version": FORMAT_VERSION, "benchmark": asdict(synth_config(scale)), "benchmark_seed": seed,
-              "benchmark_format_version": BENCHMARK_FORMAT_VERSION, "classes": list(CLASSES),
+    recipe = {"format_version": FORMAT_VERSION, "benchmark": benchmark_identity(synth_config(scale), seed=seed),
               "pretrain": asdict(config)}
     if weights.is_file() and manifest.is_file() and read_json(manifest).get("recipe") == jsonable(recipe):
         return weights

@@ -71,10 +71,10 @@ def test_pretrained_weights_are_rebuilt_when_the_benchmark_classes_change(tmp_pa
     # the crops' labels are class indices: weights learnt under another class order would mislabel every class
     weights = ensure_pretrained_backbone("smoke", data_root=tmp_path, workers=1, progress=False)
     stamp = weights.stat().st_mtime_ns
-    monkeypatch.setattr("ssodlib.models.pretrain.CLASSES", tuple(reversed(CLASSES)))
+    monkeypatch.setattr("ssodlib.data.synth.CLASSES", tuple(reversed(CLASSES)))
     ensure_pretrained_backbone("smoke", data_root=tmp_path, workers=1, progress=False)
     assert weights.stat().st_mtime_ns != stamp
-    assert json.loads(weights.with_suffix(".json").read_text())["recipe"]["classes"][0] == CLASSES[-1]
+    assert json.loads(weights.with_suffix(".json").read_text())["recipe"]["benchmark"]["classes"][0] == CLASSES[-1]
 
 
 def test_the_tiny_backbone_loads_the_trunk_and_keeps_its_own_fpn(tmp_path):
