@@ -41,10 +41,10 @@ def _targets(n: int, size: int, classes: int, g):
 def measure(args: argparse.Namespace) -> dict:
     import torch
 
-    from ssodlib.engine.data import Batch
+    from ssodlib.data.batch import Batch
     from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
     from ssodlib.methods import StepContext, get_method
-    from ssodlib.models.detector import DetectorConfig, FasterRCNN
+    from ssodlib.models.detectors.faster_rcnn import DetectorConfig, FasterRCNN
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

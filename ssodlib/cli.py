@@ -81,7 +81,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from ssodlib.engine.config import parse_overrides, train_config
+    from ssodlib.config import parse_overrides, train_config
     from ssodlib.engine.trainer import train
 
     overrides = {}
@@ -106,7 +106,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from ssodlib.evaluation.detector_eval import evaluate_detector
-    from ssodlib.evaluation.inspection import load_run_detector
+    from ssodlib.experiments.inspection import load_run_detector
 
     model, config, files = load_run_detector(args.checkpoint, model=args.model)
     ann_file = args.ann_file or files.val_ann
@@ -127,7 +127,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 def _box_errors(model, config, files, *, score_thresh: float, num_images: int) -> dict[str, float | str]:
     """The breakdown on unlabeled training images, or on validation images for a run without them
     (``images_from`` says which, with the annotation file)."""
-    from ssodlib.evaluation.inspection import detect_images, error_breakdown, inspection_images, spread_indices
+    from ssodlib.experiments.inspection import detect_images, error_breakdown, inspection_images, spread_indices
 
     dataset, ann_file = inspection_images(files, unlabeled=True)
     images = detect_images(model, dataset, spread_indices(len(dataset), num_images), test_scale=config.test_scale,
@@ -162,13 +162,13 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from ssodlib.experiments.demo import run_demo
+    from ssodlib.demo import run_demo
 
     run_demo(scale=args.scale, out=Path(args.out), data_root=args.data_root, progress=not args.quiet)
 
 
 def _experiment_args(args: argparse.Namespace) -> dict:
-    from ssodlib.engine.config import parse_overrides
+    from ssodlib.config import parse_overrides
 
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     columns = args.columns.split(",") if args.columns else None
@@ -258,7 +258,7 @@ def _add_slurm_parsers(sub: argparse._SubParsersAction) -> None:
     slurm = sub.add_parser("slurm", help="run a notebook's experiments on a SLURM cluster").add_subparsers(
         dest="slurm_command", required=True)
     p = slurm.add_parser("submit", help="one job-array task per run, then the report job (see slurm/README.md)")
-    p.add_argument("notebook", type=Path, help="e.g. notebooks/00_baselines.ipynb")
+    p.add_argument("notebook", type=Path, help="e.g. notebooks/baselines.ipynb")
     _add_plan_arguments(p)
     p.add_argument("--data-root", type=Path, default=None)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -70,7 +70,7 @@ def test_demo_main_job_at_smoke_scale(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "class-distribution KL" in printed
     # the baselines notebook ran at smoke scale: executed copy next to the results, records, report
-    assert (out / "notebooks" / "00_baselines-smoke.ipynb").is_file()
+    assert (out / "notebooks" / "baselines-smoke.ipynb").is_file()
     assert len(list((out / "results" / "records").glob("*.json"))) == 2
     table = (out / "results" / "reports" / "baselines" / "smoke" / "table1.csv").read_text()
     assert table.splitlines()[0] == "table1,10%" and "Supervised" in printed and "Pseudo-label" in table

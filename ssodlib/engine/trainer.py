@@ -18,22 +18,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ssodlib.config import SHARED_PREFIX_FIELDS, TrainConfig, config_dict
+from ssodlib.data.batch import Batch
 from ssodlib.data.coco import CocoDetection
-from ssodlib.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from ssodlib.engine.config import SHARED_PREFIX_FIELDS, TrainConfig, config_dict
-from ssodlib.engine.data import Batch, build_loader, resolve_data
+from ssodlib.data.transforms import WeakViewConfig
+from ssodlib.engine.checkpoint import CHECKPOINT_NAME, checkpoint_config, load_checkpoint, save_checkpoint
+from ssodlib.engine.loader import build_loader, resolve_data
 from ssodlib.engine.distributed import DistInfo, any_rank, broadcast_module, init_distributed
 from ssodlib.engine.ema import copy_weights, ema_update
+from ssodlib.engine.run_folder import CONFIG_NAME, FINAL_NAME, METRICS_NAME, read_metrics
 from ssodlib.engine.stop import STOP_FILE_ENV, Preempted
 from ssodlib.evaluation.detector_eval import evaluate_detector
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.io import InputError, write_json, write_text
-from ssodlib.methods import Method, StepContext, get_method
-from ssodlib.models.backbones import resolve_trainable_layers
-from ssodlib.models.detector import DetectorConfig, FasterRCNN
-from ssodlib.models.pretrain import ensure_pretrained_backbone
-
-METRICS_NAME = "metrics.jsonl"
+from ssodlib.methods import Method, RunInfo, StepContext, get_method
+from ssodlib.models.build import build_detector, detector_signature, pretrained_trunk
 
 
 class TrainingDiverged(RuntimeError):
@@ -80,6 +79,12 @@ class _StepModule(nn.Module):
         return fn(self.detector, ctx, batch)
 
 
+def run_info(config: TrainConfig) -> RunInfo:
+    """What a method may know of the run of ``config`` (``Method.setup``)."""
+    return RunInfo(seed=config.seed, burn_in=config.burn_in,
+                   test_view=WeakViewConfig(scales=(config.test_scale,), max_size=config.max_size, flip_prob=0.0))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,8 +125,8 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
 
 @dataclass
 class _State:
-    student: FasterRCNN
-    teacher: FasterRCNN | None
+    student: nn.Module
+    teacher: nn.Module | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
@@ -142,25 +147,27 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.method: Method = get_method(config.method)(options=config.method_options)
+        detector_signature(config)  # unknown detector or options: fail before any data is made
+        family = self.method.detector_family
+        if family is not None and family != config.detector:
+            raise InputError(f"method {config.method!r} runs on the {family!r} detector family, not on "
+                             f"{config.detector!r}. Fix: set detector={family}.")
         self.files = resolve_data(config, progress=progress and self.dist.is_main)
         self.backbone_weights = self._pretrained_tiny_backbone()
 
     def _pretrained_tiny_backbone(self) -> str | None:
         """The tiny backbone's pretrained weights file, on the main rank only (broadcast_module copies
         the main rank's initial weights to the others); built here, before the model seed is set."""
-        c = self.config
-        if not (c.pretrained and c.backbone == "tiny" and self.dist.is_main):
+        if not self.dist.is_main:
             return None
-        return str(ensure_pretrained_backbone(c.scale, data_root=c.data_root, progress=self.progress))
+        return pretrained_trunk(self.config, progress=self.progress)
+
 
     # -- set-up ---------------------------------------------------------------------------------
     def _build_state(self, num_classes: int) -> _State:
         c = self.config
         torch.manual_seed(c.seed)
-        kwargs = c.detector_kwargs()
-        if c.backbone == "tiny":
-            kwargs.update(pretrained=self.backbone_weights is not None, backbone_weights=self.backbone_weights)
-        student = FasterRCNN(config=DetectorConfig(num_classes=num_classes, **kwargs)).to(self.device)
+        student = build_detector(c, num_classes, trunk_weights=self.backbone_weights).to(self.device)
         if c.channels_last:
             student = student.to(memory_format=torch.channels_last)
         broadcast_module(student)
@@ -187,13 +194,10 @@ class Trainer:
         """Start from another run's snapshot (see ``TrainConfig.init_from``) and copy its log up to there."""
         path = Path(self.config.init_from)
         ckpt = load_checkpoint(path, map_location=self.device)
-        # a field the snapshot's version did not have yet took its default value
-        theirs = {**config_dict(TrainConfig()), **ckpt["config"]}
-        ours = config_dict(self.config)
+        theirs, ours = _prefix_view(checkpoint_config(ckpt, path)), _prefix_view(self.config)
         for cfg in (theirs, ours):  # only the learning-rate steps already taken must agree
             cfg["lr_steps"] = [s for s in cfg.get("lr_steps") or () if s <= int(ckpt["iteration"])]
-            cfg["trainable_layers"] = resolve_trainable_layers(cfg.get("backbone"), cfg.get("trainable_layers"))
-        differ = [k for k in SHARED_PREFIX_FIELDS if _normal(theirs.get(k)) != _normal(ours.get(k))]
+        differ = [k for k in theirs if _normal(theirs.get(k)) != _normal(ours.get(k))]
         if differ:
             raise InputError(f"{path}: made with different {differ}. Fix: use a snapshot of a run with the same "
                              "data, detector and schedule, or drop init_from.")
@@ -271,12 +275,12 @@ class Trainer:
         else:
             if self.dist.is_main:
                 (self.out_dir / METRICS_NAME).unlink(missing_ok=True)
-                write_json(self.out_dir / "config.json", config_dict(c), indent=2)
+                write_json(self.out_dir / CONFIG_NAME, config_dict(c), indent=2)
             if c.init_from:
                 self._init_from_snapshot(state)
         loader = build_loader(c, self.files, labeled=labeled, uses_unlabeled=self.method.uses_unlabeled,
                               start_batch=state.iteration, rank=self.dist.rank, world_size=self.dist.world_size)
-        self.method.setup(labeled=labeled, unlabeled=loader.dataset.unlabeled, config=c, device=self.device)
+        self.method.setup(labeled=labeled, unlabeled=loader.dataset.unlabeled, run=run_info(c), device=self.device)
         if resumed is not None:
             self.method.load_state_dict(resumed.get("method") or {})
         step_module: nn.Module = _StepModule(state.student)
@@ -295,7 +299,7 @@ class Trainer:
         if state.iteration == c.iterations:
             final = last_eval[1] if last_eval[0] == state.iteration else self.evaluate(state)
         if final and self.dist.is_main:
-            write_json(self.out_dir / "final.json", {"iteration": state.iteration, **final}, indent=2)
+            write_json(self.out_dir / FINAL_NAME, {"iteration": state.iteration, **final}, indent=2)
         return final
 
     def _loop(self, state: _State, step_module: nn.Module, loader: Any, end: int, bar: Any, prior: np.ndarray,
@@ -376,14 +380,17 @@ def _normal(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def _prefix_view(config: TrainConfig) -> dict[str, Any]:
+    """The fields two runs must share for one to continue from the other's snapshot, each detector
+    option under ``detector_options.NAME``."""
+    view = {k: getattr(config, k) for k in SHARED_PREFIX_FIELDS}
+    view.update({f"detector_options.{k}": v for k, v in detector_signature(config).items() if k != "detector"})
+    return view
+
+
 def train(config: TrainConfig, *, out_dir: str | os.PathLike, resume: bool = False, progress: bool = True,
           stop_at: int | None = None) -> dict[str, Any]:
     return Trainer(config, out_dir=out_dir, resume=resume, progress=progress).run(stop_at=stop_at)
 
 
-def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    path = Path(out_dir) / METRICS_NAME
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
-
-
-__all__ = ["Trainer", "TrainingDiverged", "read_metrics", "train"]
+__all__ = ["Trainer", "TrainingDiverged", "run_info", "train"]

@@ -43,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from ssodlib.engine.config import TrainConfig, config_dict, train_config
+from ssodlib.config import TrainConfig, config_dict, train_config
 from ssodlib.io import InputError, repository_folder
 
 # fields that change where or how fast a run goes, never what it computes: not part of a run's key

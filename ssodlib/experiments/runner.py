@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from ssodlib.engine.checkpoint import CHECKPOINT_NAME
-from ssodlib.engine.config import config_dict
+from ssodlib.engine.run_folder import CHECKPOINT_NAME
+from ssodlib.config import config_dict
 from ssodlib.engine.trainer import Trainer
 from ssodlib.experiments.plan import RunSpec, with_runtime
 from ssodlib.experiments.store import ResultsStore

@@ -141,7 +141,7 @@ def _check_inputs(*, notebook: Path, sbatch: str, python: str, max_concurrent: i
                   signal_seconds: int) -> None:
     if not notebook.is_file():
         raise InputError(f"{notebook}: notebook not found. Fix: pass the path of a notebook, "
-                         "e.g. notebooks/00_baselines.ipynb.")
+                         "e.g. notebooks/baselines.ipynb.")
     for script in (TASK_SCRIPT, REPORT_SCRIPT):
         if not (SCRIPTS_DIR / script).is_file():
             raise InputError(f"{SCRIPTS_DIR / script}: batch script not found. Fix: submit from a checkout of "

@@ -1,19 +1,35 @@
-"""The interface every method implements, and what the engine hands it at each step."""
+"""The interface every method implements, what the engine hands it, and the teacher-student template.
+
+A method is a :class:`Method` subclass registered in ``ssodlib.methods.METHODS``. Methods that train a
+student against an EMA teacher's pseudo labels subclass :class:`TeacherStudentMethod`, which does the
+burn-in branch and the naming and weighting of unsupervised losses once; they implement
+:meth:`TeacherStudentMethod.unsupervised_losses`. How to add one: ``docs/adding-a-method.md``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from ssodlib.data.batch import Batch
 from ssodlib.data.coco import CocoDetection
-from ssodlib.engine.config import TrainConfig
-from ssodlib.engine.data import Batch
+from ssodlib.data.transforms import WeakViewConfig
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.io import InputError
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunInfo:
+    """What a method may know of its run: the seed (for its own random draws), the iteration at which
+    the burn-in ends, and the test view (one scale, no flip) for extra passes over images."""
+
+    seed: int
+    burn_in: int
+    test_view: WeakViewConfig
 
 
 @dataclass
@@ -37,13 +53,15 @@ class NoOptions:
 class Method:
     """A training method: turns a batch into weighted losses (``loss_*`` keys, summed by the engine).
 
-    Subclasses set ``name``, ``uses_teacher``, ``uses_unlabeled`` and an ``Options`` dataclass whose
-    fields are the method's switches; ``TrainConfig.method_options`` overrides them.
+    Subclasses set ``name``, ``uses_teacher``, ``uses_unlabeled``, ``detector_family`` (the family of
+    ``ssodlib.models.build.DETECTOR_FAMILIES`` whose stages it calls; ``None``: any) and an ``Options``
+    dataclass whose fields are the method's switches; ``TrainConfig.method_options`` overrides them.
     """
 
     name: ClassVar[str] = ""
     uses_teacher: ClassVar[bool] = False
     uses_unlabeled: ClassVar[bool] = False
+    detector_family: ClassVar[str | None] = "faster_rcnn"
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, *, options: dict[str, Any] | None = None) -> None:
@@ -54,11 +72,11 @@ class Method:
             raise InputError(f"method {self.name!r} has no option(s) {unknown}. Fix: choose from {sorted(known)}.")
         self.options = self.Options(**options)
 
-    def setup(self, *, labeled: CocoDetection, unlabeled: CocoDetection | None, config: TrainConfig,
+    def setup(self, *, labeled: CocoDetection, unlabeled: CocoDetection | None, run: RunInfo,
               device: torch.device) -> None:
         """Called by the trainer once per run before the first step (a resumed run calls it before
-        :meth:`load_state_dict`): the datasets and the run's configuration, for methods that need
-        labeled-set statistics or extra passes over unlabeled images. Default: nothing."""
+        :meth:`load_state_dict`): the datasets and what the method may know of the run, for methods
+        that need labeled-set statistics or extra passes over unlabeled images. Default: nothing."""
 
     def state_dict(self) -> dict[str, Any]:
         """State that is not a function of the weights and the iteration (saved in checkpoints so a
@@ -69,4 +87,36 @@ class Method:
         """Restore what :meth:`state_dict` returned. Default: nothing to restore."""
 
     def losses(self, student: nn.Module, ctx: StepContext, batch: Batch) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+
+class JointLosses(NamedTuple):
+    """One semi-supervised step's losses: the labeled images' supervised terms and the unlabeled
+    images' unweighted terms (``loss_*`` keys), from one student pass over both, as the papers' code
+    does (one forward, one batch-norm statistic)."""
+
+    supervised: dict[str, Tensor]
+    unsupervised: dict[str, Tensor]
+
+
+class TeacherStudentMethod(Method):
+    """An EMA teacher labels the unlabeled images for the student (the trainer copies the student into
+    the teacher at the end of the burn-in and updates it by EMA after each step).
+
+    During the burn-in, or on a batch without unlabeled images, the step is supervised; afterwards
+    :meth:`unsupervised_losses` gives both parts, and the unsupervised terms are renamed ``*_unsup``
+    and weighted by the scheduled ``ctx.unsup_weight``.
+    """
+
+    uses_teacher = True
+    uses_unlabeled = True
+
+    def losses(self, student: nn.Module, ctx: StepContext, batch: Batch) -> dict[str, Tensor]:
+        if ctx.burn_in or batch.num_unlabeled == 0:
+            return student.supervised_losses(batch.images, batch.boxes, batch.labels)
+        supervised, unsupervised = self.unsupervised_losses(student, ctx, batch)
+        return {**supervised, **{f"{k}_unsup": v * ctx.unsup_weight for k, v in unsupervised.items()}}
+
+    def unsupervised_losses(self, student: nn.Module, ctx: StepContext, batch: Batch) -> JointLosses:
+        """The step after burn-in; ``ctx.teacher`` is set and ``batch`` holds unlabeled images."""
         raise NotImplementedError

@@ -19,6 +19,7 @@ A mean teacher whose pseudo labels are matched to the labeled data at two levels
   ``>= T_score`` and mean IoU ``>= T_iou`` (0.8 / 0.8) becomes reliable. The paper's evidence is the
   NMS cluster of the box (:func:`nms_cluster_statistics`, default); the official code's is the
   teacher's refinement of the student proposals assigned to the box (``mining_source='proposals'``).
+  The cluster statistics live in :mod:`ssodlib.models.nms`, shared with DTG-SSOD and evaluation.
 
 Facts taken from the official code (HIK-LAB/SSOD) where the paper is silent: thresholds estimated
 before the first semi-supervised step and then every K = 1000 iterations on 10000 random unlabeled
@@ -51,16 +52,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssodlib.data.batch import Batch
 from ssodlib.data.coco import CocoDetection
 from ssodlib.data.transforms import WeakViewConfig, weak_view
-from ssodlib.engine.config import TrainConfig
-from ssodlib.engine.data import Batch
 from ssodlib.io import InputError
-from ssodlib.methods.base import Method, StepContext
-from ssodlib.methods.pseudo_label import (TeacherPass, log_student_rois, student_pass, teacher_on_rois, teacher_pass,
+from ssodlib.methods.base import JointLosses, RunInfo, StepContext, TeacherStudentMethod
+from ssodlib.methods.rcnn_passes import (TeacherPass, log_student_rois, student_pass, teacher_on_rois, teacher_pass,
                                          to_student_view)
-from ssodlib.models.detector import Detections, FasterRCNN, RoIOutput, RoISamples
+from ssodlib.models.detectors.base import Detections
+from ssodlib.models.detectors.faster_rcnn import FasterRCNN, RoIOutput, RoISamples
 from ssodlib.models.losses import soft_cross_entropy
+from ssodlib.models.nms import group_mean, nms_cluster_statistics, paired_iou
 
 ASSIGNMENTS = ("ignore", "iou", "self")
 MINING_SOURCES = ("nms_cluster", "proposals")
@@ -148,46 +150,6 @@ def split_pseudo_labels(labels: Tensor, scores: Tensor, *, reliable_thresholds: 
     return reliable, (scores >= t_unc) & ~reliable
 
 
-def paired_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of row ``i`` of ``(N, 4)`` boxes ``a`` with row ``i`` of ``(N, 4)`` boxes ``b``: ``(N,)``."""
-    lt, rb = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(1)
-    area = lambda x: (x[:, 2:] - x[:, :2]).clamp(min=0).prod(1)
-    return inter / (area(a) + area(b) - inter).clamp(min=1e-9)
-
-
-def group_mean(values: Tensor, index: Tensor, num_groups: int) -> Tensor:
-    """Mean of ``(N,)`` values per group ``index`` in ``0..num_groups-1``: ``(num_groups,)``, NaN if empty."""
-    values = values.float()
-    total = values.new_zeros(num_groups).index_add_(0, index, values)
-    count = values.new_zeros(num_groups).index_add_(0, index, torch.ones_like(values))
-    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
-
-
-def nms_cluster_statistics(*, boxes: Tensor, scores: Tensor, candidate_boxes: Tensor, candidate_scores: Tensor,
-                           cluster: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean score and mean IoU (with the kept box) of the candidates each kept box suppressed in NMS.
-
-    Args:
-        boxes, scores: ``(K, 4)`` / ``(K,)`` the kept (post-NMS) detections.
-        candidate_boxes, candidate_scores: ``(Q, 4)`` / ``(Q,)`` every pre-NMS candidate.
-        cluster: ``(Q,)`` index of the kept box that suppressed (or is) each candidate, -1 for none
-            (``Detections.cluster``).
-    Returns:
-        ``(K,)`` mean score and ``(K,)`` mean IoU; NaN for a box that suppressed nothing (the kept
-        box itself, the candidate identical to it, is not part of its cluster).
-    """
-    k = len(boxes)
-    if k == 0 or len(candidate_boxes) == 0:
-        nan = boxes.new_full((k,), float("nan"))
-        return nan, nan.clone()
-    idx = cluster.clamp(min=0)
-    own = (candidate_boxes == boxes[idx]).all(1) & (candidate_scores == scores[idx])
-    member = (cluster >= 0) & ~own
-    iou = paired_iou(candidate_boxes[member], boxes[idx[member]])
-    return group_mean(candidate_scores[member], idx[member], k), group_mean(iou, idx[member], k)
-
-
 def mining_mask(mean_score: Tensor, mean_iou: Tensor, *, score_thresh: float = 0.8, iou_thresh: float = 0.8) -> Tensor:
     """RPLM: ``(K,)`` True where mean score ``>= score_thresh`` and mean IoU ``>= iou_thresh`` (NaN: False)."""
     return (mean_score >= score_thresh) & (mean_iou >= iou_thresh)
@@ -264,13 +226,11 @@ def _zero(t: Tensor) -> Tensor:
 
 
 # -- the method -----------------------------------------------------------------------------------
-class LabelMatch(Method):
+class LabelMatch(TeacherStudentMethod):
     """LabelMatch (see the module docstring): ACT pseudo labels split into reliable and uncertain
     boxes, proposal self-assignment for the uncertain ones, reliable pseudo-label mining."""
 
     name = "labelmatch"
-    uses_teacher = True
-    uses_unlabeled = True
     Options = LabelMatchOptions
 
     def __init__(self, *, options: dict[str, Any] | None = None) -> None:
@@ -291,15 +251,15 @@ class LabelMatch(Method):
         self.class_counts: np.ndarray | None = None
         self.num_labeled_images = 0
         self.unlabeled: CocoDetection | None = None
-        self.config = TrainConfig()
+        self.run: RunInfo | None = None
 
     # -- seam with the trainer --------------------------------------------------------------------
-    def setup(self, *, labeled: CocoDetection, unlabeled: CocoDetection | None, config: TrainConfig,
+    def setup(self, *, labeled: CocoDetection, unlabeled: CocoDetection | None, run: RunInfo,
               device: torch.device) -> None:
         self.class_counts = labeled.coco.class_counts()
         self.num_labeled_images = len(labeled)
         self.unlabeled = unlabeled
-        self.config = config
+        self.run = run
 
     def state_dict(self) -> dict[str, Any]:
         if self.reliable_thresholds is None:
@@ -318,27 +278,31 @@ class LabelMatch(Method):
     def update_thresholds(self, teacher: FasterRCNN, *, iteration: int) -> None:
         """Re-estimate ACT with ``teacher`` on a random subset of the unlabeled images, drawn from a
         generator seeded by the run's seed and ``iteration``."""
-        if self.unlabeled is None or self.class_counts is None:
-            raise RuntimeError("LabelMatch with act=True needs setup(labeled=..., unlabeled=...) first (the trainer "
-                               "calls it); or set act=False.")
+        self._require_setup()
         n = len(self.unlabeled)
         k = min(self.options.act_images, n)
-        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + iteration)
+        g = torch.Generator().manual_seed(self.run.seed * 1_000_003 + iteration)
         subset = torch.randperm(n, generator=g)[:k].sort().values.tolist()
         rank, world = _rank_world()
-        view = WeakViewConfig(scales=(self.config.test_scale,), max_size=self.config.max_size, flip_prob=0.0)
-        scores = _gather_scores(teacher_class_scores(teacher, self.unlabeled, subset[rank::world], view=view))
+        scores = _gather_scores(teacher_class_scores(teacher, self.unlabeled, subset[rank::world],
+                                                     view=self.run.test_view))
         expected = expected_counts(self.class_counts, num_labeled_images=self.num_labeled_images, num_images=k)
         self.reliable_thresholds, self.uncertain_thresholds = act_thresholds(
             scores, expected=expected, alpha=self.options.alpha, min_threshold=self.options.min_threshold)
         self.updated_at = iteration
+
+    def _require_setup(self) -> None:
+        if self.unlabeled is None or self.class_counts is None or self.run is None:
+            raise RuntimeError("LabelMatch with act=True needs setup(labeled=..., unlabeled=..., run=...) first (the "
+                               "trainer calls it); or set act=False.")
 
     def thresholds(self, teacher: FasterRCNN, *, iteration: int, num_classes: int) -> tuple[Tensor, Tensor]:
         """``(C,)`` reliable and uncertain thresholds for this iteration (ACT updated when due)."""
         o = self.options
         if not o.act:
             return fixed_thresholds(num_classes, reliable=o.fixed_threshold, uncertain=o.fixed_uncertain_threshold)
-        if act_update_due(iteration=iteration, burn_in=self.config.burn_in, interval=o.act_interval,
+        self._require_setup()
+        if act_update_due(iteration=iteration, burn_in=self.run.burn_in, interval=o.act_interval,
                           last_update=self.updated_at):
             self.update_thresholds(teacher, iteration=iteration)
         return self.reliable_thresholds, self.uncertain_thresholds
@@ -371,9 +335,7 @@ class LabelMatch(Method):
         return PseudoBoxes(mapped[keep], teacher_boxes[keep], labels[keep], int(keep[: int(reliable.sum())].sum()))
 
     # -- losses -----------------------------------------------------------------------------------
-    def losses(self, student: FasterRCNN, ctx: StepContext, batch: Batch) -> dict[str, Tensor]:
-        if ctx.burn_in or batch.num_unlabeled == 0:
-            return student.supervised_losses(batch.images, batch.boxes, batch.labels)
+    def unsupervised_losses(self, student: FasterRCNN, ctx: StepContext, batch: Batch) -> JointLosses:
         teacher = ctx.teacher
         t_rel, t_unc = self.thresholds(teacher, iteration=ctx.iteration, num_classes=student.num_classes)
         tp = teacher_pass(teacher, batch.weak, with_candidates=self._mines_by_cluster)
@@ -387,9 +349,8 @@ class LabelMatch(Method):
         unsup = {**student.rpn_loss(sp.rpn.select(unl), targets, regression=self.options.rpn_regression),
                  **self.roi_losses(student, teacher, sp.rois.select(unl), sp.samples.select(unl), pseudo=pseudo,
                                    tp=tp, matrices=batch.teacher_to_student, ctx=ctx)}
-        out = {**sp.supervised, **{f"{k}_unsup": v * ctx.unsup_weight for k, v in unsup.items()}}
         log_student_rois(ctx, sp, batch)
-        return out
+        return JointLosses(sp.supervised, unsup)
 
     def roi_losses(self, student: FasterRCNN, teacher: FasterRCNN, rois: RoIOutput, samples: RoISamples, *,
                    pseudo: list[PseudoBoxes], tp: TeacherPass, matrices: list[Tensor],
@@ -446,4 +407,4 @@ class LabelMatch(Method):
 
 
 __all__ = ["LabelMatch", "LabelMatchOptions", "act_thresholds", "act_update_due", "expected_counts",
-           "fixed_thresholds", "mining_mask", "nms_cluster_statistics", "self_assignment_loss", "split_pseudo_labels"]
+           "fixed_thresholds", "mining_mask", "self_assignment_loss", "split_pseudo_labels"]

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ssodlib.data.synth import BACKGROUND, benchmark_identity, default_data_root, object_crops, synth_config
 from ssodlib.io import InputError, atomic_write, jsonable, read_json, write_json
 from ssodlib.models.backbones import TinyBackbone
-from ssodlib.models.detector import DetectorConfig
+from ssodlib.models.detectors.faster_rcnn import FasterRCNNOptions
 
 FORMAT_VERSION = 1
 
@@ -69,8 +69,8 @@ class CropClassifier(nn.Module):
 
 
 def _normalised(crops: Tensor) -> Tensor:
-    mean = torch.tensor(DetectorConfig.pixel_mean).view(1, 3, 1, 1)  # the detector's normalisation
-    std = torch.tensor(DetectorConfig.pixel_std).view(1, 3, 1, 1)
+    mean = torch.tensor(FasterRCNNOptions.pixel_mean).view(1, 3, 1, 1)  # the detector's normalisation
+    std = torch.tensor(FasterRCNNOptions.pixel_std).view(1, 3, 1, 1)
     return (crops.permute(0, 3, 1, 2).float() - mean) / std
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ssodlib.engine.trainer import read_metrics
+from ssodlib.engine.run_folder import CHECKPOINT_NAME, read_metrics
 from ssodlib.experiments.plan import Item, RunSpec, load_declarations
 from ssodlib.experiments.reference import published
 from ssodlib.experiments.store import ResultsStore
@@ -190,7 +190,7 @@ def _draw_inspection(plot: str, item: Item, done: list[RunSpec], store: ResultsS
     """Figures that run a finished run's detector again: ``cluster_quality`` (Fig. 3: the first run),
     ``detections`` (Fig. 5: true positives green, false positives yellow, false negatives red) and
     ``detections_nms`` (Fig. 7: before and after NMS), on the same images for every run."""
-    from ssodlib.evaluation import inspection
+    from ssodlib.experiments import inspection
 
     if not done:
         return False
@@ -209,8 +209,7 @@ def _draw_inspection(plot: str, item: Item, done: list[RunSpec], store: ResultsS
 
 
 def _run_detector(s: RunSpec, item: Item, store: ResultsStore, *, unlabeled: bool):
-    from ssodlib.engine.checkpoint import CHECKPOINT_NAME
-    from ssodlib.evaluation import inspection
+    from ssodlib.experiments import inspection
 
     model = item.model if item.model in store.get(s.key)["final"] else "student"
     detector, config, files = inspection.load_run_detector(store.run_dir(s.key) / CHECKPOINT_NAME, model=model)
@@ -219,7 +218,7 @@ def _run_detector(s: RunSpec, item: Item, store: ResultsStore, *, unlabeled: boo
 
 
 def _panels(plot: str, im: Any) -> list[dict[str, Any]]:
-    from ssodlib.evaluation import inspection
+    from ssodlib.experiments import inspection
 
     if plot == "detections":
         tp, keep, missed = inspection.box_outcomes(im, score_thresh=SHOWN_SCORE)

@@ -124,7 +124,7 @@ def metric_bars(frame: pd.DataFrame, *, metric: str, path: str | os.PathLike) ->
 def cluster_quality_scatter(frame: pd.DataFrame, *, path: str | os.PathLike, score_thresh: float = 0.8,
                             iou_thresh: float = 0.8) -> bool:
     """IoU with ground truth against the NMS cluster's mean score (left) and mean IoU (right); boxes
-    whose cluster passes both thresholds are orange (``frame``: see ``evaluation.inspection.cluster_quality``)."""
+    whose cluster passes both thresholds are orange (``frame``: see ``experiments.inspection.cluster_quality``)."""
     plt = _pyplot()
     data = frame.dropna(subset=["mean_score", "mean_iou"])
     if data.empty:

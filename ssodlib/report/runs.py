@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ssodlib.engine.trainer import METRICS_NAME, read_metrics
+from ssodlib.engine.run_folder import METRICS_NAME, read_metrics
 from ssodlib.io import InputError
 
 PSEUDO_LABEL_KEYS = ("pl_per_image", "gt_per_image", "pl_precision", "pl_recall", "pl_class_kl",

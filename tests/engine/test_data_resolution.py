@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ssodlib.engine.config import train_config
-from ssodlib.engine.data import resolve_data
+from ssodlib.config import train_config
+from ssodlib.engine.loader import resolve_data
 from ssodlib.io import InputError
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from ssodlib.config import TrainConfig, parse_overrides, train_config
 from ssodlib.engine.checkpoint import load_checkpoint
-from ssodlib.engine.config import TrainConfig, parse_overrides, train_config
 from ssodlib.engine.ema import ema_update
 from ssodlib.engine.trainer import (
     STOP_FILE_ENV,
@@ -16,9 +16,9 @@ from ssodlib.engine.trainer import (
     Trainer,
     TrainingDiverged,
     lr_factor,
-    read_metrics,
     unsup_weight,
 )
+from ssodlib.engine.run_folder import read_metrics
 from ssodlib.methods.supervised import Supervised
 
 
@@ -301,15 +301,38 @@ def test_init_from_reads_no_trainable_layers_as_the_backbones_standard(later_ste
     from ssodlib.models.backbones import STANDARD_TRAINABLE_LAYERS
 
     ckpt = load_checkpoint(later_step_snapshot)
-    assert ckpt["config"]["backbone"] == "tiny" and ckpt["config"]["trainable_layers"] is None
-    ckpt["config"]["trainable_layers"] = STANDARD_TRAINABLE_LAYERS["tiny"]  # the same freeze, spelt out
+    options = ckpt["config"]["detector_options"]
+    assert options["backbone"] == "tiny" and options.get("trainable_layers") is None
+    options["trainable_layers"] = STANDARD_TRAINABLE_LAYERS["tiny"]  # the same freeze, spelt out
     save_checkpoint(tmp_path / "explicit" / "checkpoint-2.pt", ckpt)
     trainer = Trainer(_from_snapshot(tmp_path / "explicit" / "checkpoint-2.pt", smoke_config.data_root),
                       out_dir=tmp_path / "ok", progress=False)
     assert trainer.run(stop_at=2) == {} and trainer.state.iteration == 2
-    with pytest.raises(InputError, match="different \\['trainable_layers'\\]"):
-        Trainer(_from_snapshot(later_step_snapshot, smoke_config.data_root, trainable_layers=3),
+    with pytest.raises(InputError, match="different \\['detector_options.trainable_layers'\\]"):
+        Trainer(_from_snapshot(later_step_snapshot, smoke_config.data_root, detector_options={"trainable_layers": 3}),
                 out_dir=tmp_path / "bad", progress=False).run(stop_at=2)
+
+
+def test_init_from_reads_a_snapshot_whose_detector_knobs_are_top_level_fields(later_step_snapshot, smoke_config,
+                                                                              tmp_path):
+    from ssodlib.engine.checkpoint import save_checkpoint
+    from ssodlib.io import InputError
+
+    ckpt = load_checkpoint(later_step_snapshot)
+    ckpt["config"].update(ckpt["config"].pop("detector_options"))  # as versions before detector options saved it
+    del ckpt["config"]["detector"]
+    save_checkpoint(tmp_path / "flat" / "checkpoint-2.pt", ckpt)
+    trainer = Trainer(_from_snapshot(tmp_path / "flat" / "checkpoint-2.pt", smoke_config.data_root),
+                      out_dir=tmp_path / "ok", progress=False)
+    assert trainer.run(stop_at=2) == {} and trainer.state.iteration == 2
+    with pytest.raises(InputError, match="different \\['detector_options.fpn_channels'\\]"):
+        Trainer(_from_snapshot(tmp_path / "flat" / "checkpoint-2.pt", smoke_config.data_root,
+                               detector_options={"fpn_channels": 16}), out_dir=tmp_path / "bad", progress=False).run()
+    ckpt["config"]["fpn_chanels"] = 32
+    save_checkpoint(tmp_path / "typo" / "checkpoint-2.pt", ckpt)
+    with pytest.raises(InputError, match="unknown field\\(s\\) \\['fpn_chanels'\\]"):
+        Trainer(_from_snapshot(tmp_path / "typo" / "checkpoint-2.pt", smoke_config.data_root),
+                out_dir=tmp_path / "bad2", progress=False).run()
 
 
 def _own_data_root(smoke_benchmark, tmp_path):
@@ -327,7 +350,8 @@ def test_a_pretrained_tiny_backbone_starts_from_the_cached_trunk(smoke_benchmark
     data_root = _own_data_root(smoke_benchmark, tmp_path)
     base = dict(data_root=str(data_root), method="supervised", iterations=1, lr=0.0, eval_every=100,
                 checkpoint_every=100, threads=1)
-    Trainer(train_config("smoke", pretrained=True, **base), out_dir=tmp_path / "pre", progress=False).run()
+    Trainer(train_config("smoke", detector_options={"pretrained": True}, **base), out_dir=tmp_path / "pre",
+            progress=False).run()
     Trainer(train_config("smoke", **base), out_dir=tmp_path / "scratch", progress=False).run()
     trunk = torch.load(pretrained_backbone_paths("smoke", data_root=data_root)[0], weights_only=True)
     pre = load_checkpoint(tmp_path / "pre" / "checkpoint.pt")["student"]
@@ -341,11 +365,11 @@ def test_training_leaves_the_frozen_layers_of_a_pretrained_trunk_alone(smoke_ben
     from ssodlib.models.pretrain import pretrained_backbone_paths
 
     data_root = _own_data_root(smoke_benchmark, tmp_path)
-    base = dict(data_root=str(data_root), method="supervised", pretrained=True, iterations=2, lr=0.01,
+    base = dict(data_root=str(data_root), method="supervised", iterations=2, lr=0.01,
                 eval_every=100, checkpoint_every=100, threads=1)
     for layers in (3, 5):
-        Trainer(train_config("smoke", trainable_layers=layers, **base), out_dir=tmp_path / f"tl{layers}",
-                progress=False).run()
+        Trainer(train_config("smoke", detector_options={"pretrained": True, "trainable_layers": layers}, **base),
+                out_dir=tmp_path / f"tl{layers}", progress=False).run()
     trunk = torch.load(pretrained_backbone_paths("smoke", data_root=data_root)[0], weights_only=True)
 
     def unchanged(run: str, prefix: str) -> bool:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from ssodlib.evaluation.inspection import ImageDetections, box_outcomes, cluster_quality, spread_indices
+from ssodlib.experiments.inspection import ImageDetections, box_outcomes, cluster_quality, spread_indices
 
 
 def _image() -> ImageDetections:
@@ -66,7 +66,7 @@ def test_inspection_figures_write_png_and_the_plotted_numbers(tmp_path):
 
 
 def test_error_breakdown_sorts_boxes_into_true_positives_duplicates_wrong_class_localization_and_background():
-    from ssodlib.evaluation.inspection import error_breakdown
+    from ssodlib.experiments.inspection import error_breakdown
 
     gt = [[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]
     boxes = [[0.0, 0.0, 10.0, 9.0],   # class 0, IoU 0.9 with gt 0: true positive (highest score)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ssodlib.engine.config import TrainConfig, train_config
+from ssodlib.config import TrainConfig, train_config
 from ssodlib.experiments.plan import RUNTIME_FIELDS, load_declarations, plan, plan_items, run_key, with_runtime
 from ssodlib.experiments.reference import published
 from ssodlib.io import InputError
@@ -156,7 +156,7 @@ def test_run_key_ignores_runtime_fields_only():
         assert run_key(dataclasses.replace(base, **{name: value})) == key, name
     assert run_key(with_runtime(base, **runtime)) == key
     changed = dict(lr=0.5, method_options={"score_thresh": 0.5}, seed=1, iterations=9, burn_in=3, amp="bf16",
-                   backbone="resnet18", dataset="coco", unsup_weight=1.0, lr_steps=(5,))
+                   detector_options={**base.detector_options, "backbone": "resnet18"}, dataset="coco", unsup_weight=1.0, lr_steps=(5,))
     keys = {run_key(dataclasses.replace(base, **{name: value})) for name, value in changed.items()}
     assert len(keys) == len(changed) and key not in keys
     a = dataclasses.replace(base, method_options={"a": 1, "b": 2})

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ssodlib.engine.checkpoint import load_checkpoint
-from ssodlib.engine.config import config_dict
+from ssodlib.config import config_dict
 from ssodlib.engine.trainer import Trainer
 from ssodlib.experiments import ResultsStore, plan, run_plan
 from ssodlib.experiments.plan import with_runtime

@@ -9,8 +9,9 @@ from torchvision.ops import batched_nms
 
 from ssodlib.data.coco import CocoDetection
 from ssodlib.engine.checkpoint import load_checkpoint
-from ssodlib.engine.config import train_config
-from ssodlib.engine.trainer import Trainer, read_metrics
+from ssodlib.config import train_config
+from ssodlib.engine.run_folder import read_metrics
+from ssodlib.engine.trainer import Trainer, run_info
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.io import InputError
 from ssodlib.methods import METHODS, StepContext, get_method
@@ -25,7 +26,9 @@ from ssodlib.methods.labelmatch import (
     self_assignment_loss,
     split_pseudo_labels,
 )
-from ssodlib.models.detector import DetectorConfig, FasterRCNN, nms_clusters
+from ssodlib.models.build import build_detector
+from ssodlib.models.detectors.faster_rcnn import DetectorConfig, FasterRCNN
+from ssodlib.models.nms import nms_clusters
 from tiny_setup import tiny_batch, tiny_detector
 
 
@@ -223,7 +226,7 @@ def smoke_data(smoke_benchmark):
 def _smoke_teacher(num_classes: int) -> FasterRCNN:
     torch.manual_seed(0)
     cfg = train_config("smoke")
-    return FasterRCNN(config=DetectorConfig(num_classes=num_classes, **cfg.detector_kwargs())).eval()
+    return build_detector(cfg, num_classes).eval()
 
 
 @pytest.mark.parametrize("interval", [None, 1000])
@@ -231,7 +234,7 @@ def test_act_is_estimated_at_first_use_and_never_again_when_k_is_never(smoke_dat
     labeled, unlabeled = smoke_data
     config = train_config("smoke", burn_in=2)
     method = get_method("labelmatch")(options={"act_interval": interval, "act_images": 6})
-    method.setup(labeled=labeled, unlabeled=unlabeled, config=config, device=torch.device("cpu"))
+    method.setup(labeled=labeled, unlabeled=unlabeled, run=run_info(config), device=torch.device("cpu"))
     teacher = _smoke_teacher(labeled.num_classes)
     first = [t.clone() for t in method.thresholds(teacher, iteration=2, num_classes=labeled.num_classes)]
     assert method.updated_at == 2 and first[0].shape == (labeled.num_classes,) and (first[0] >= first[1]).all()

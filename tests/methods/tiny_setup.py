@@ -2,8 +2,8 @@
 
 import torch
 
-from ssodlib.engine.data import Batch
-from ssodlib.models.detector import DetectorConfig, FasterRCNN
+from ssodlib.data.batch import Batch
+from ssodlib.models.detectors.faster_rcnn import DetectorConfig, FasterRCNN
 
 
 def tiny_detector() -> FasterRCNN:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torchvision.ops import batched_nms, box_iou, roi_align
 
 from ssodlib.models.backbones import build_backbone
-from ssodlib.models.detector import DetectorConfig, FasterRCNN, RoIOutput, RoISamples, nms_clusters
+from ssodlib.models.detectors.faster_rcnn import DetectorConfig, FasterRCNN, RoIOutput, RoISamples
+from ssodlib.models.nms import nms_clusters
 
 C = 3  # classes (the RoI classifier has C + 1 outputs)
 

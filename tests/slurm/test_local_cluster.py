@@ -12,15 +12,15 @@ import nbformat
 import pytest
 
 from ssodlib.engine.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from ssodlib.engine.trainer import METRICS_NAME
+from ssodlib.engine.run_folder import METRICS_NAME
 from ssodlib.experiments import ResultsStore, plan
 from ssodlib.experiments.slurm import submit
 
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[2]
-NOTEBOOK = REPO / "notebooks" / "00_baselines.ipynb"
-STEM = "00_baselines-table1-smoke"
+NOTEBOOK = REPO / "notebooks" / "baselines.ipynb"
+STEM = "baselines-table1-smoke"
 
 
 def _outputs(path: Path) -> str:

@@ -16,7 +16,7 @@ from ssodlib.experiments.slurm import SubmitError, submit
 from ssodlib.io import InputError
 
 REPO = Path(__file__).resolve().parents[2]
-NOTEBOOK = REPO / "notebooks" / "00_baselines.ipynb"
+NOTEBOOK = REPO / "notebooks" / "baselines.ipynb"
 
 FAKE_SBATCH = """#!/usr/bin/env python3
 import json, os, sys
@@ -65,7 +65,7 @@ def test_array_then_report_with_parameters_in_the_environment(fake_sbatch, tmp_p
     env = array["env"]
     assert env == report["env"]
     assert env["SSOD_JOB_RESULTS_DIR"] == str(results) and env["SSOD_JOB_NOTEBOOK"] == str(NOTEBOOK)
-    assert env["SSOD_JOB_OUTPUT_STEM"] == "00_baselines-table1-smoke"
+    assert env["SSOD_JOB_OUTPUT_STEM"] == "baselines-table1-smoke"
     assert json.loads(env["SSOD_JOB_PARAMS_YAML"]) == {"DATA_ROOT": None, "FOLDS": [1], "OVERRIDES": overrides,
                                                        "PROCESSES": 2}
     assert (results / "slurm").is_dir()

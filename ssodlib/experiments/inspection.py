@@ -15,27 +15,26 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from ssodlib.config import TrainConfig
 from ssodlib.data.coco import CocoDetection, load_coco
 from ssodlib.data.transforms import WeakViewConfig, transform_boxes, weak_view
-from ssodlib.engine.checkpoint import load_checkpoint
-from ssodlib.engine.config import TrainConfig
-from ssodlib.engine.data import DataFiles, resolve_data
+from ssodlib.engine.checkpoint import checkpoint_config, load_checkpoint
+from ssodlib.engine.loader import DataFiles, resolve_data
 from ssodlib.evaluation.pseudo_labels import match_to_ground_truth
 from ssodlib.io import InputError
-from ssodlib.models.detector import DetectorConfig, FasterRCNN
+from ssodlib.models.build import build_detector
+from ssodlib.models.nms import nms_cluster_statistics
 
 
-def load_run_detector(checkpoint: str | os.PathLike, *, model: str = "teacher") -> tuple[FasterRCNN, TrainConfig,
+def load_run_detector(checkpoint: str | os.PathLike, *, model: str = "teacher") -> tuple[torch.nn.Module, TrainConfig,
                                                                                          DataFiles]:
     """The ``model`` ("teacher" or "student") weights of a run's checkpoint, its config and data files."""
     ckpt = load_checkpoint(checkpoint)
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()}
-    config = TrainConfig(**fields)
+    config = checkpoint_config(ckpt, checkpoint)
     files = resolve_data(config)
     if not ckpt.get(model):
         raise InputError(f"{checkpoint}: has no {model} weights (the method has no teacher). Fix: use the student.")
-    kwargs = {**config.detector_kwargs(), "pretrained": False}  # the checkpoint holds every weight
-    detector = FasterRCNN(config=DetectorConfig(num_classes=load_coco(files.labeled_ann).num_classes, **kwargs))
+    detector = build_detector(config, load_coco(files.labeled_ann).num_classes, from_checkpoint=True)
     detector.load_state_dict(ckpt[model])
     return detector.eval(), config, files
 
@@ -59,7 +58,7 @@ class ImageDetections:
 
 
 @torch.no_grad()
-def detect_images(detector: FasterRCNN, dataset: CocoDetection, indices: Sequence[int], *, test_scale: int,
+def detect_images(detector: torch.nn.Module, dataset: CocoDetection, indices: Sequence[int], *, test_scale: int,
                   max_size: int) -> list[ImageDetections]:
     """Detections with NMS candidates on images ``indices`` seen at the test view, mapped back."""
     view = WeakViewConfig(scales=(test_scale,), max_size=max_size, flip_prob=0.0)
@@ -83,8 +82,6 @@ def cluster_quality(images: Sequence[ImageDetections]) -> pd.DataFrame:
     """One line per kept box: its score, the mean score and mean IoU of its NMS cluster (the candidates
     it suppressed, itself excluded; NaN when it suppressed none), and its best IoU with a ground-truth
     box of its class (0 when there is none)."""
-    from ssodlib.methods.labelmatch import nms_cluster_statistics
-
     lines = []
     for n, im in enumerate(images):
         ms, mi = nms_cluster_statistics(boxes=im.boxes, scores=im.scores, candidate_boxes=im.candidate_boxes,

@@ -18,7 +18,7 @@ interface; the RoI classifier has ``C + 1`` outputs with background at index 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -27,24 +27,24 @@ from torch import Tensor, nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, BoxCoder, Matcher
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RPNHead, concat_box_prediction_layers
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
 
-from ssodlib.models.backbones import FPN_STRIDES, build_backbone
+from ssodlib.models.backbones import FPN_STRIDES, build_backbone, resolve_trainable_layers
+from ssodlib.models.detectors.base import Detections, ImageBatch
 from ssodlib.models.losses import box_regression_loss, softmax_focal_loss
+from ssodlib.models.nms import nms_clusters
 
 
 @dataclass(frozen=True, kw_only=True)
-class DetectorConfig:
-    """Faster R-CNN hyper-parameters (torchvision / mmdetection defaults unless noted)."""
+class FasterRCNNOptions:
+    """Faster R-CNN hyper-parameters, the ``detector_options`` of the ``faster_rcnn`` family
+    (torchvision / mmdetection defaults unless noted)."""
 
-    num_classes: int
-    backbone: str = "resnet50"
-    pretrained: bool = False
-    backbone_weights: str | None = None  # a state-dict file for the backbone (see build_backbone)
-    trainable_layers: int | None = None  # with pretrained weights; None: the backbone's standard (ResNets: 3,
-    # stem and first stage frozen; tiny: 5, see backbones.STANDARD_TRAINABLE_LAYERS)
+    backbone: str = "resnet50"  # "resnet18" | "resnet50" | "resnet101" | "tiny" (see models.backbones)
+    pretrained: bool = False  # resnets: ImageNet weights; tiny: ssodlib.models.pretrain's (built on first use)
+    trainable_layers: int | None = None  # with pretrained weights, of (stem, stage 1..4): 3 freezes stem and
+    # stage 1, 5 nothing; None: the backbone's standard (ResNets: 3; tiny: 5, see backbones.STANDARD_TRAINABLE_LAYERS)
     fpn_channels: int = 256
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one size per level P2..P6
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -69,16 +69,18 @@ class DetectorConfig:
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     size_divisible: int = 32
 
+    def resolved(self) -> "FasterRCNNOptions":
+        """The same options with ``trainable_layers=None`` spelt out as the backbone's standard."""
+        return replace(self, trainable_layers=resolve_trainable_layers(self.backbone, self.trainable_layers))
 
-@dataclass
-class ImageBatch:
-    """``tensors`` ``(B, 3, H, W)`` normalised and zero-padded; ``image_sizes`` the unpadded ``(h, w)``."""
 
-    tensors: Tensor
-    image_sizes: list[tuple[int, int]]
+@dataclass(frozen=True, kw_only=True)
+class DetectorConfig(FasterRCNNOptions):
+    """A Faster R-CNN's options with what a built model needs besides: its classes and, optionally, a
+    state-dict file for the backbone (see ``build_backbone``)."""
 
-    def image_list(self) -> ImageList:
-        return ImageList(self.tensors, self.image_sizes)
+    num_classes: int
+    backbone_weights: str | None = None
 
 
 @dataclass
@@ -134,27 +136,6 @@ class RoISamples:
     def select(self, images: slice) -> "RoISamples":
         return RoISamples(self.proposals[images], self.labels[images], self.matched_boxes[images],
                           self.matched_index[images])
-
-
-@dataclass
-class Detections:
-    """Post-NMS detections of one image: ``boxes`` ``(K, 4)``, ``scores`` ``(K,)``, ``labels`` ``(K,)``
-    in ``0..C-1``, ``class_probs`` ``(K, C + 1)`` the softmax of the RoI each came from.
-
-    With candidates: ``candidate_boxes`` ``(Q, 4)`` / ``candidate_scores`` / ``candidate_labels`` are
-    every pre-NMS box above the score threshold, and ``cluster[q]`` is the index of the kept detection
-    that suppressed (or is) candidate ``q``, -1 when that detection was cut by ``detections_per_img``.
-    """
-
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
-    class_probs: Tensor
-    candidate_boxes: Tensor | None = None
-    candidate_scores: Tensor | None = None
-    candidate_labels: Tensor | None = None
-    cluster: Tensor | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _zero(*tensors: Tensor) -> Tensor:
@@ -392,18 +373,3 @@ class FasterRCNN(nn.Module):
         feats = self.features(batch)
         props, _ = self.proposals(self.rpn(feats, batch), batch)
         return self.postprocess(self.roi_head(feats, props, batch), props, batch, with_candidates=with_candidates)
-
-
-def nms_clusters(boxes: Tensor, labels: Tensor, keep: Tensor, iou_threshold: float) -> Tensor:
-    """For each of ``Q`` candidates, the position in ``keep`` of the kept box that greedy NMS let
-    suppress it (itself if kept); -1 if no kept box qualifies. ``keep`` is sorted by score, so the
-    first qualifying kept box (same class, IoU > threshold) is the one that suppressed it."""
-    cluster = torch.full((len(boxes),), -1, dtype=torch.int64, device=boxes.device)
-    if len(keep) == 0 or len(boxes) == 0:
-        return cluster
-    iou = box_iou(boxes, boxes[keep])
-    eligible = (iou > iou_threshold) & (labels[:, None] == labels[keep][None, :])
-    has = eligible.any(1)
-    cluster[has] = eligible.float().argmax(1)[has]
-    cluster[keep] = torch.arange(len(keep), device=boxes.device)
-    return cluster

@@ -1,11 +1,12 @@
-"""Training batches: labeled images in a weak view, unlabeled images in the teacher's weak and the
-student's strong view, every view's matrix, and the withheld ground truth of unlabeled images
-(diagnostics only). Augmentation randomness is a function of (seed, rank, batch, slot), so a resumed
+"""Training data for the engine: which files a run reads (:func:`resolve_data`) and the loader of its
+batches (:func:`build_loader`, :class:`ssodlib.data.batch.Batch`): labeled images in a weak view,
+unlabeled images in the teacher's weak and the student's strong view, every view's matrix, and the
+withheld ground truth of unlabeled images (diagnostics only). Augmentation randomness is a function of (seed, rank, batch, slot), so a resumed
 run sees exactly the images and views an uninterrupted one would."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -25,7 +26,8 @@ from ssodlib.data.transforms import (
     transform_boxes,
     weak_view,
 )
-from ssodlib.engine.config import TrainConfig
+from ssodlib.config import TrainConfig
+from ssodlib.data.batch import Batch
 from ssodlib.io import InputError
 
 
@@ -124,28 +126,6 @@ def _checked(files: DataFiles, config: TrainConfig) -> DataFiles:
 def _mapped(boxes: Tensor, labels: Tensor, matrix: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
     boxes, keep = clip_boxes(transform_boxes(boxes, matrix), height=size[0], width=size[1])
     return boxes[keep], labels[keep]
-
-
-@dataclass
-class Batch:
-    """One training batch. Labeled: ``images`` (weak views) with ``boxes`` / ``labels``. Unlabeled:
-    ``weak`` / ``strong`` images, ``teacher_to_student`` ``(3, 3)`` matrices, and the withheld ground
-    truth mapped into the weak (``gt_weak_*``) and strong (``gt_strong_*``) views."""
-
-    images: list[Tensor] = field(default_factory=list)
-    boxes: list[Tensor] = field(default_factory=list)
-    labels: list[Tensor] = field(default_factory=list)
-    weak: list[Tensor] = field(default_factory=list)
-    strong: list[Tensor] = field(default_factory=list)
-    teacher_to_student: list[Tensor] = field(default_factory=list)
-    gt_weak_boxes: list[Tensor] = field(default_factory=list)
-    gt_weak_labels: list[Tensor] = field(default_factory=list)
-    gt_strong_boxes: list[Tensor] = field(default_factory=list)
-    gt_strong_labels: list[Tensor] = field(default_factory=list)
-
-    @property
-    def num_unlabeled(self) -> int:
-        return len(self.weak)
 
 
 class SemiSupervisedData(Dataset):

@@ -2,7 +2,7 @@
 
 It generates (or reuses) the benchmark, checks that a labeled fold and its unlabeled complement share
 one class distribution, draws the data and the two views a mean teacher sees, then executes
-``notebooks/00_baselines.ipynb`` with papermill at the same scale (Supervised and the pseudo-label
+``notebooks/baselines.ipynb`` with papermill at the same scale (Supervised and the pseudo-label
 mean teacher on one fold), which trains into ``{out}/results`` and renders the tables and figures.
 """
 
@@ -70,8 +70,8 @@ def run_baselines_notebook(*, scale: str, out: Path, data_root: str | os.PathLik
     ``{out}/results``, tables and figures in ``{out}/results/reports``."""
     import papermill
 
-    source = notebooks_dir() / "00_baselines.ipynb"
-    executed = out / "notebooks" / f"00_baselines-{scale}.ipynb"
+    source = notebooks_dir() / "baselines.ipynb"
+    executed = out / "notebooks" / f"baselines-{scale}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
     params = dict(TABLE="all", SCALE=scale, FOLDS=[1], COLUMNS=DEMO_COLUMNS[scale],
                   RESULTS_DIR=str((out / "results").resolve()),

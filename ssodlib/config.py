@@ -1,0 +1,173 @@
+"""Training configuration: one plain dataclass, a preset per scale, then explicit overrides.
+
+EMA convention: ``ema_keep_rate`` is the weight the teacher keeps at each update,
+``teacher = keep * teacher + (1 - keep) * student``. Unbiased Teacher and CrossMatch use 0.9996,
+Semi-DETR 0.999 (mmdetection's ``MeanTeacherHook(momentum=0.001)``), LabelMatch 0.996.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from ssodlib.io import InputError
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    method: str = "pseudo_label"
+    scale: str = "mini"
+    # data: "synth" (the embedded benchmark of `scale`), "coco" (COCO-standard folds under
+    # {data_root}/coco, see README), "coco-additional" (train2017 + unlabeled2017), "voc" (VOC07 trainval +
+    # VOC12 trainval, tested on VOC07 test), or explicit COCO-format files (labeled_ann, ...), which win
+    dataset: str = "synth"
+    data_root: str | None = None
+    labeled_ann: str | None = None
+    unlabeled_ann: str | None = None
+    val_ann: str | None = None
+    image_dir: str | None = None
+    val_image_dir: str | None = None  # default: image_dir
+    percent: float = 5.0
+    fold: int = 1
+    seed: int = 0
+    # detector: the family (ssodlib.models.build.DETECTOR_FAMILIES) and its options, validated against the
+    # family's options dataclass when the detector is built (unknown keys are errors, as for method_options);
+    # keys left out take the dataclass's defaults
+    detector: str = "faster_rcnn"
+    detector_options: dict[str, Any] = field(default_factory=dict)
+    # views (shorter side in pixels)
+    train_scales: tuple[int, ...] = (224, 240, 256, 272, 288)
+    test_scale: int = 256
+    max_size: int = 480
+    geometric_jitter: bool = False
+    # schedule
+    iterations: int = 2000
+    burn_in: int = 500
+    labeled_per_batch: int = 1
+    unlabeled_per_batch: int = 4
+    optimizer: str = "sgd"  # "sgd" or "adamw"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 100
+    lr_steps: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    grad_clip: float | None = 10.0
+    ema_keep_rate: float = 0.999
+    unsup_weight: float = 2.0
+    unsup_warmup: int = 0  # iterations after burn-in over which the unsupervised weight ramps up
+    method_options: dict[str, Any] = field(default_factory=dict)
+    # runtime
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    amp: str = "none"  # "none", "bf16", "fp16"
+    channels_last: bool = False
+    num_workers: int = 0
+    threads: int | None = None
+    snapshots: tuple[int, ...] = ()  # iterations at which checkpoint-{iteration}.pt is kept as well
+    init_from: str | None = None  # a snapshot of a run with the same data, detector and schedule prefix:
+    # the run starts at its iteration (LabelMatch's protocol: one supervised burn-in serves every method)
+    eval_every: int = 500
+    eval_images: int | None = None  # evaluate on the first N validation images (None: all)
+    checkpoint_every: int = 250
+    log_every: int = 20
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        detector_options=dict(backbone="tiny", fpn_channels=32, representation_size=64, anchor_sizes=(8, 16, 32, 64, 128),
+                              rpn_pre_nms_top_n=(200, 100), rpn_post_nms_top_n=(100, 50), roi_batch_size=64),
+        train_scales=(80, 96, 112), test_scale=96, max_size=160, percent=10.0, iterations=8, burn_in=4,
+        warmup_iters=2, eval_every=8, checkpoint_every=4, log_every=2, lr=0.01,
+    ),
+    # Sized so that one run takes at most ~15 minutes on 2 CPU cores and 5 % labels are label-limited, as
+    # COCO's are for the papers' ImageNet-initialised ResNet-50: the tiny backbone's trunk pretrained on
+    # object crops outside the benchmark's splits, a long supervised burn-in (snapshot at 2000, from which
+    # semi-supervised runs start) and an EMA time constant of ~200 iterations. The measurements behind
+    # each choice: docs/results/mini-benchmark.md.
+    "mini": dict(
+        detector_options=dict(backbone="tiny", pretrained=True, fpn_channels=64, representation_size=256,
+                              anchor_sizes=(8, 16, 32, 64, 128), rpn_pre_nms_top_n=(1000, 500),
+                              rpn_post_nms_top_n=(500, 300), roi_batch_size=128, roi_sampling_ratio=1, cls_loss="focal"),
+        iterations=5000, burn_in=2000,
+        lr_steps=(4600,),
+        labeled_per_batch=2, unlabeled_per_batch=2, lr=0.02, warmup_iters=100, ema_keep_rate=0.995,
+        unsup_weight=1.0, snapshots=(2000,), eval_every=500, checkpoint_every=250, log_every=20,
+    ),
+    "paper": dict(
+        dataset="coco",
+        detector_options=dict(backbone="resnet50", pretrained=True, fpn_channels=256, representation_size=1024,
+                              anchor_sizes=(32, 64, 128, 256, 512), rpn_pre_nms_top_n=(2000, 1000),
+                              rpn_post_nms_top_n=(1000, 1000), roi_batch_size=512, cls_loss="focal"),
+        train_scales=(640, 672, 704, 736, 768, 800), test_scale=800, max_size=1333,
+        percent=1.0, iterations=180000, burn_in=2000, labeled_per_batch=8, unlabeled_per_batch=8, lr=0.01,
+        warmup_iters=1000, ema_keep_rate=0.9996, unsup_weight=4.0, amp="bf16",
+        eval_every=5000, checkpoint_every=2000, log_every=50, num_workers=4,
+    ),
+}
+
+
+# option dicts: an override replaces the preset's value of each key it names, not the whole dict
+OPTION_FIELDS = ("detector_options", "method_options")
+
+
+def train_config(scale: str, **overrides: Any) -> TrainConfig:
+    """The preset of ``scale`` with explicit overrides applied (one level, nothing inherited; in
+    ``detector_options`` and ``method_options`` one level per key)."""
+    if scale not in PRESETS:
+        raise InputError(f"unknown scale {scale!r}. Fix: choose one of {sorted(PRESETS)}.")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise InputError(f"unknown configuration key(s) {unknown}. Fix: use fields of TrainConfig (a detector's "
+                         "knobs are keys of detector_options, a method's of method_options).")
+    preset = PRESETS[scale]
+    values = {**preset, **overrides, "scale": scale}
+    for name in OPTION_FIELDS:
+        given = overrides.get(name)
+        if given is not None and not isinstance(given, dict):
+            raise InputError(f"{name} must be a mapping of option names to values, got {given!r}. "
+                             f"Fix: e.g. --set {name}.KEY=VALUE.")
+        values[name] = {**preset.get(name, {}), **(given or {})}
+    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def _coerce(name: str, value: Any) -> Any:
+    default = next(f for f in dataclasses.fields(TrainConfig) if f.name == name).default
+    if isinstance(default, tuple) and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["iterations=100", "lr_steps=[800, 900]", "detector_options.fpn_channels=64"]`` -> dict; values
+    are YAML scalars or lists; ``OPTIONS.KEY=VALUE`` sets one key of an option dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise InputError(f"override {item!r} is not KEY=VALUE. Fix: e.g. --set iterations=100.")
+        key, value = key.strip(), yaml.safe_load(text)
+        name, dot, option = key.partition(".")
+        if dot:
+            if name not in OPTION_FIELDS or not option:
+                raise InputError(f"override {item!r}: only {list(OPTION_FIELDS)} take dotted keys. Fix: e.g. "
+                                 "--set detector_options.fpn_channels=64.")
+            out.setdefault(name, {})[option] = value
+        else:
+            out[key] = value
+    return out
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+# fields two runs must share for one to continue from the other's snapshot (with every detector option)
+SHARED_PREFIX_FIELDS = (
+    "dataset", "data_root", "labeled_ann", "val_ann", "image_dir", "percent", "fold", "seed", "detector",
+    "train_scales", "max_size", "labeled_per_batch", "optimizer", "lr", "momentum", "weight_decay", "warmup_iters",
+    "lr_steps", "lr_gamma", "grad_clip", "amp",
+)

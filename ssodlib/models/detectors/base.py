@@ -1,0 +1,67 @@
+"""The detector interface the engine and evaluation rely on, and the outputs every family shares.
+
+A detector family (``faster_rcnn.py``; a DETR family next) is an ``nn.Module`` that implements
+:class:`Detector`; :func:`ssodlib.models.build.build_detector` builds one from a run's configuration.
+The trainer and evaluation call nothing else; methods reach further into their family's stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+from torch import Tensor
+from torchvision.models.detection.image_list import ImageList
+
+
+@dataclass
+class ImageBatch:
+    """``tensors`` ``(B, 3, H, W)`` normalised and zero-padded; ``image_sizes`` the unpadded ``(h, w)``."""
+
+    tensors: Tensor
+    image_sizes: list[tuple[int, int]]
+
+    def image_list(self) -> ImageList:
+        return ImageList(self.tensors, self.image_sizes)
+
+
+@dataclass
+class Detections:
+    """Post-NMS detections of one image: ``boxes`` ``(K, 4)``, ``scores`` ``(K,)``, ``labels`` ``(K,)``
+    in ``0..C-1``, ``class_probs`` ``(K, C + 1)`` the softmax of the RoI each came from.
+
+    With candidates: ``candidate_boxes`` ``(Q, 4)`` / ``candidate_scores`` / ``candidate_labels`` are
+    every pre-NMS box above the score threshold, and ``cluster[q]`` is the index of the kept detection
+    that suppressed (or is) candidate ``q``, -1 when that detection was cut by ``detections_per_img``.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    class_probs: Tensor
+    candidate_boxes: Tensor | None = None
+    candidate_scores: Tensor | None = None
+    candidate_labels: Tensor | None = None
+    cluster: Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """What the engine (training steps, checkpoints) and evaluation call on a detector of any family."""
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def preprocess(self, images: Sequence[Tensor]) -> ImageBatch:
+        """Normalise and pad ``(3, h, w)`` images into one batch (no resizing: the views did that)."""
+        ...
+
+    def predict(self, images: Sequence[Tensor], *, with_candidates: bool = False) -> list[Detections]:
+        """Post-processed detections of each image, in its pixels (no gradient)."""
+        ...
+
+    def supervised_losses(self, images: Sequence[Tensor], gt_boxes: Sequence[Tensor],
+                          gt_labels: Sequence[Tensor]) -> dict[str, Tensor]:
+        """The family's supervised ``loss_*`` terms on labeled images (``(K, 4)`` boxes, ``(K,)`` labels)."""
+        ...
