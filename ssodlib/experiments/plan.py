@@ -9,7 +9,7 @@ A declaration (one item; rows x columns x folds is the set of runs)::
         title: Supervised and pseudo-label baselines
         metric: ap                    # a key of the final metrics (ap, ap50, ap75, ap_small, ...)
         model: teacher                # the model a method with a teacher is scored by
-        plots: [ap_per_iou]           # figures drawn from the runs (see ssodlib.report.figures)
+        plots: [ap_per_iou]           # figures drawn from the runs (see report/figures.py)
         rows:
           - name: Supervised          # the row as the report prints it
             method: supervised
@@ -29,7 +29,7 @@ A declaration (one item; rows x columns x folds is the set of runs)::
 the column's, then the row's (so a column can vary one option of a scale-specific setting); a
 column's options reach only the rows whose method has them (a Supervised row beside LabelMatch
 variants stays one run). A column may name its own ``metric`` (a table whose columns are metrics or
-classes, see :func:`ssodlib.report.experiments.metric_value`).
+classes, see ``metric_value`` in report/experiments.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 parameters in a scratch results folder and store the outputs of the cells marked
 ``# NBVAL_CHECK_OUTPUT`` in the source notebook; every other output is cleared.
 
-    python tests/notebooks/refresh_outputs.py [notebooks/00_baselines.ipynb ...]
+    python tests/notebooks/refresh_outputs.py [notebooks/baselines.ipynb ...]
 """
 
 from __future__ import annotations
