@@ -44,16 +44,18 @@ def measure(args: argparse.Namespace) -> dict:
     from ssodlib.data.batch import Batch
     from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
     from ssodlib.methods import StepContext, get_method
-    from ssodlib.models.detectors.faster_rcnn import DetectorConfig, FasterRCNN
+    from ssodlib.config import TrainConfig
+    from ssodlib.models.build import build_detector
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    cfg = DetectorConfig(num_classes=args.classes, backbone=args.backbone, fpn_channels=args.fpn_channels,
-                         representation_size=args.representation_size, anchor_sizes=(16, 32, 64, 128, 256),
-                         rpn_pre_nms_top_n=(1000, 500), rpn_post_nms_top_n=(500, 300), roi_batch_size=256)
-    student = FasterRCNN(config=cfg).to(device)
-    teacher = FasterRCNN(config=cfg).to(device).eval()
+    config = TrainConfig(detector="faster_rcnn", detector_options=dict(
+        backbone=args.backbone, fpn_channels=args.fpn_channels, representation_size=args.representation_size,
+        anchor_sizes=(16, 32, 64, 128, 256), rpn_pre_nms_top_n=(1000, 500), rpn_post_nms_top_n=(500, 300),
+        roi_batch_size=256))
+    student = build_detector(config, args.classes).to(device)
+    teacher = build_detector(config, args.classes).to(device).eval()
     teacher.load_state_dict(student.state_dict())
     opt = torch.optim.SGD(student.parameters(), lr=1e-3, momentum=0.9)
     g = torch.Generator().manual_seed(0)

@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from ssodlib.cli import main
 
 
@@ -57,6 +59,7 @@ def test_report_command(smoke_benchmark, tmp_path):
     assert (out / "class_distribution.png").stat().st_size > 1000 and (out / "samples.png").is_file()
 
 
+@pytest.mark.slow
 def test_demo_main_job_at_smoke_scale(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["--quiet", "demo", "--scale", "smoke", "--out", str(out), "--data-root", str(tmp_path / "d")]) == 0

@@ -119,6 +119,7 @@ def test_template_check_flags_code_outside_the_module():
     assert len(template_problems(_notebook(params, imports, body, parameters_at=0))) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_regression_at_smoke_scale(path, smoke_benchmark, tmp_path):
     env = {**os.environ, "SSOD_RESULTS_DIR": str(tmp_path / "results"), "TQDM_DISABLE": "1",

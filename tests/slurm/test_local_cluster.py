@@ -16,7 +16,7 @@ from ssodlib.engine.run_folder import METRICS_NAME
 from ssodlib.experiments import ResultsStore, plan
 from ssodlib.experiments.slurm import submit
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "baselines.ipynb"
