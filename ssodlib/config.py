@@ -8,8 +8,11 @@ Semi-DETR 0.999 (mmdetection's ``MeanTeacherHook(momentum=0.001)``), LabelMatch 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import types
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -74,11 +77,139 @@ class TrainConfig:
     checkpoint_every: int = 250
     log_every: int = 20
 
+    def __post_init__(self) -> None:
+        check_fields(self, what="configuration field")
+        check_ranges(self, TRAIN_CONFIG_RULES, what="configuration field")
+
+
+# -- validation: every field against its declared type, then the ranges and choices below -------------
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    return "None" if tp is type(None) else getattr(tp, "__name__", None) if get_origin(tp) is None else str(tp)
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether ``value`` is of the declared type ``tp`` (an int is a float; a bool is neither)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in get_args(tp))
+    if tp is type(None):
+        return value is None
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def check_fields(instance: Any, *, what: str) -> None:
+    """Raise :class:`InputError` naming the first field of the dataclass ``instance`` whose value is not of
+    its declared type; lists given for tuple fields become tuples first (YAML has no tuples)."""
+    hints = get_type_hints(type(instance))
+    for f in dataclasses.fields(instance):
+        value, tp = getattr(instance, f.name), hints[f.name]
+        if isinstance(value, list) and (get_origin(tp) is tuple or any(get_origin(a) is tuple for a in get_args(tp))):
+            value = tuple(value)
+            object.__setattr__(instance, f.name, value)
+        if not _matches(value, tp):
+            raise InputError(f"{what} {f.name}={value!r} is not of type {_type_name(tp)}. "
+                             f"Fix: set {f.name} to a value of type {_type_name(tp)}.")
+        if isinstance(value, float) and math.isnan(value):
+            raise InputError(f"{what} {f.name} is NaN. Fix: set {f.name} to a number.")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a field's value may be: within ``[low, high]`` (``open_low``: above ``low``), each element of
+    a tuple so, or one of ``choices``; ``None`` always passes (it means "not set")."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    choices: tuple[str, ...] = ()
+    pattern: str | None = None  # choices may also match this regular expression
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, tuple):
+            return next((p for p in map(self.problem, value) if p), None)
+        if self.choices or self.pattern:
+            if value in self.choices or (self.pattern and re.fullmatch(self.pattern, str(value))):
+                return None
+            return "is not a choice"
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return f"must be {'>' if self.open_low else '>='} {self.low:g}"
+        if self.high is not None and value > self.high:
+            return f"must be <= {self.high:g}"
+        return None
+
+
+def check_ranges(instance: Any, rules: dict[str, Rule], *, what: str) -> None:
+    """Raise :class:`InputError` for the first field of ``instance`` outside its rule."""
+    for name, rule in rules.items():
+        value = getattr(instance, name)
+        problem = rule.problem(value)
+        if problem and rule.choices:
+            raise InputError(f"{what} {name}={value!r} {problem}. Fix: choose one of {list(rule.choices)}.")
+        if problem:
+            raise InputError(f"{what} {name}={value!r} {problem}. Fix: set {name} to a value that "
+                             f"{problem.replace('must be', 'is')}.")
+
+
+POSITIVE, NON_NEGATIVE = Rule(low=0, open_low=True), Rule(low=0)
+TRAIN_CONFIG_RULES: dict[str, Rule] = {
+    "percent": Rule(low=0, high=100, open_low=True), "fold": Rule(low=1), "iterations": POSITIVE,
+    "burn_in": NON_NEGATIVE, "labeled_per_batch": Rule(low=1), "unlabeled_per_batch": NON_NEGATIVE,
+    "train_scales": POSITIVE, "test_scale": POSITIVE, "max_size": POSITIVE,
+    "optimizer": Rule(choices=("sgd", "adamw")), "lr": NON_NEGATIVE, "momentum": NON_NEGATIVE,
+    "weight_decay": NON_NEGATIVE, "warmup_iters": NON_NEGATIVE, "lr_steps": NON_NEGATIVE, "lr_gamma": POSITIVE,
+    "grad_clip": POSITIVE, "ema_keep_rate": Rule(low=0, high=1), "unsup_weight": NON_NEGATIVE,
+    "unsup_warmup": NON_NEGATIVE, "device": Rule(choices=("auto", "cpu", "cuda"), pattern=r"cuda:\d+"),
+    "amp": Rule(choices=("none", "bf16", "fp16")), "num_workers": NON_NEGATIVE, "threads": Rule(low=1),
+    "snapshots": NON_NEGATIVE, "eval_every": POSITIVE, "eval_images": Rule(low=1), "checkpoint_every": POSITIVE,
+    "log_every": POSITIVE,
+}
+
+
+# -- YAML: scientific notation without a dot ("1e-3") is a float, as in Python and JSON ------------------
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(stream: str | bytes | IO[Any]) -> Any:
+    """``yaml.safe_load`` (of a string or a file) that also reads ``1e-3``, ``1e6`` and ``1.0e6`` as
+    floats (PyYAML's YAML 1.1 rules read them as strings)."""
+    return yaml.load(stream, Loader=_Loader)  # noqa: S506 (_Loader is a SafeLoader)
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
-        detector_options=dict(backbone="tiny", fpn_channels=32, representation_size=64, anchor_sizes=(8, 16, 32, 64, 128),
-                              rpn_pre_nms_top_n=(200, 100), rpn_post_nms_top_n=(100, 50), roi_batch_size=64),
+        detector_options=dict(backbone="tiny", fpn_channels=32, representation_size=64,
+                              anchor_sizes=(8, 16, 32, 64, 128), rpn_pre_nms_top_n=(200, 100),
+                              rpn_post_nms_top_n=(100, 50), roi_batch_size=64),
         train_scales=(80, 96, 112), test_scale=96, max_size=160, percent=10.0, iterations=8, burn_in=4,
         warmup_iters=2, eval_every=8, checkpoint_every=4, log_every=2, lr=0.01,
     ),
@@ -90,7 +221,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mini": dict(
         detector_options=dict(backbone="tiny", pretrained=True, fpn_channels=64, representation_size=256,
                               anchor_sizes=(8, 16, 32, 64, 128), rpn_pre_nms_top_n=(1000, 500),
-                              rpn_post_nms_top_n=(500, 300), roi_batch_size=128, roi_sampling_ratio=1, cls_loss="focal"),
+                              rpn_post_nms_top_n=(500, 300), roi_batch_size=128, roi_sampling_ratio=1,
+                              cls_loss="focal"),
         iterations=5000, burn_in=2000,
         lr_steps=(4600,),
         labeled_per_batch=2, unlabeled_per_batch=2, lr=0.02, warmup_iters=100, ema_keep_rate=0.995,
@@ -149,7 +281,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep:
             raise InputError(f"override {item!r} is not KEY=VALUE. Fix: e.g. --set iterations=100.")
-        key, value = key.strip(), yaml.safe_load(text)
+        key, value = key.strip(), load_yaml(text)
         name, dot, option = key.partition(".")
         if dot:
             if name not in OPTION_FIELDS or not option:
@@ -164,6 +296,11 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def config_dict(config: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
+
+# fields a resumed run may change: where and how it runs and reports, and a longer schedule's end
+# (the learning-rate steps stay, so the iterations already trained are the same computation)
+RESUMABLE_FIELDS = ("data_root", "device", "num_workers", "threads", "eval_every", "eval_images", "checkpoint_every",
+                    "log_every", "snapshots", "init_from", "iterations")
 
 # fields two runs must share for one to continue from the other's snapshot (with every detector option)
 SHARED_PREFIX_FIELDS = (

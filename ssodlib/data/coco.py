@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -83,8 +85,22 @@ def _categories(data: dict, source: str) -> tuple[list[int], list[str]]:
     return ids, [str(c.get("name", c["id"])) for c in cats]
 
 
-def _sanitize_box(bbox: list[float], width: float, height: float, repairs: BoxRepairs) -> list[float] | None:
-    x, y, w, h = (float(v) for v in bbox)
+def _box_numbers(bbox: Any, source: str, ann_id: Any) -> tuple[float, ...]:
+    """The four finite numbers of a COCO ``bbox``: a NaN box would pass every clipping comparison and
+    reach the losses, so a bad box is an error naming its annotation, not a repair."""
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in bbox)):
+        raise InputError(f"{source}: annotation {ann_id} has bbox {bbox!r}, not four numbers [x, y, width, height]. "
+                         "Fix: correct the annotation's bbox or remove the annotation.")
+    values = tuple(float(v) for v in bbox)
+    if not all(math.isfinite(v) for v in values):
+        raise InputError(f"{source}: annotation {ann_id} has a NaN or infinite bbox {bbox!r}. Fix: correct the "
+                         "annotation's bbox or remove the annotation.")
+    return values
+
+
+def _sanitize_box(bbox: tuple[float, ...], width: float, height: float, repairs: BoxRepairs) -> list[float] | None:
+    x, y, w, h = bbox
     x1, y1, x2, y2 = x, y, x + w, y + h
     cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
     cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
@@ -137,7 +153,8 @@ def parse_coco(data: dict[str, Any], *, source: str, categories: list[int] | Non
         i = index[img_id]
         img = images[i]
         w, h = float(img.get("width", np.inf)), float(img.get("height", np.inf))
-        box = _sanitize_box(_require(ann, "bbox", source, f"annotation {ann_id}"), w, h, repairs)
+        bbox = _box_numbers(_require(ann, "bbox", source, f"annotation {ann_id}"), source, ann_id)
+        box = _sanitize_box(bbox, w, h, repairs)
         if box is None:
             continue
         if ann.get("iscrowd", 0):
@@ -172,18 +189,22 @@ def load_coco(ann_file: str | os.PathLike, *, categories: list[int] | None = Non
     return ann
 
 
-def read_image(path: str | os.PathLike) -> Tensor:
-    """Decode an image file to a ``(3, H, W)`` uint8 RGB tensor; errors name the file."""
+def read_image(path: str | os.PathLike, *, listed_in: str | None = None) -> Tensor:
+    """Decode an image file to a ``(3, H, W)`` uint8 RGB tensor; errors name the file and, when given,
+    ``listed_in``: the annotation entry that names it (e.g. ``"instances.json as image 42"``)."""
     path = Path(path)
+    entry = f" (listed in {listed_in})" if listed_in else ""
     if not path.is_file():
-        raise InputError(f"{path}: image not found. Fix: check the image folder, or pass skip_missing=True to skip.")
+        raise InputError(f"{path}: image not found{entry}. Fix: check the image folder (--data-root, or "
+                         "--set image_dir=FOLDER), or remove the image's entry from the annotation file.")
     try:
         # EXIF orientation is deliberately not applied: COCO's width/height describe the stored pixels
         with Image.open(path) as im:
             array = np.array(im.convert("RGB"))
         return torch.from_numpy(array).permute(2, 0, 1).contiguous()
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise InputError(f"{path}: cannot decode image ({e}). Fix: replace the file, or pass skip_missing=True.") from e
+        raise InputError(f"{path}: cannot decode image ({e}){entry}. Fix: replace the file with a good copy, "
+                         "or remove the image's entry from the annotation file.") from e
 
 
 class CocoDetection(Dataset):
@@ -270,8 +291,8 @@ class CocoDetection(Dataset):
     def _load(self, idx: int) -> Tensor:
         i = self.indices[idx]
         path = self._path(i)
-        image = read_image(path)
         info = self.coco.images[i]
+        image = read_image(path, listed_in=f"{self.ann_file} as image {info['id']}")
         expected = (info.get("height"), info.get("width"))
         if None not in expected and tuple(image.shape[1:]) != tuple(expected):
             raise InputError(

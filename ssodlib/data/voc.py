@@ -8,6 +8,7 @@ image folders such as COCO's unlabeled2017 (COCO-additional).
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -159,9 +160,13 @@ def _number(parent: ET.Element, tag: str, path: Path, *, default: float | None =
             return default
         raise InputError(f"{path}: <{parent.tag}> has no <{tag}>. Fix: add the <{tag}> value.")
     try:
-        return float(text)
+        value = float(text)
     except ValueError as e:
         raise InputError(f"{path}: <{tag}> is {text!r}, not a number. Fix: write a number.") from e
+    if not math.isfinite(value):  # float() accepts "nan" and "inf"; such a box would convert silently
+        raise InputError(f"{path}: <{parent.tag}> has <{tag}> {text!r}, not a finite number. Fix: write the "
+                         "pixel value, or re-extract this file from the VOC devkit.")
+    return value
 
 
 # ---------------------------------------------------------------- COCO -> COCO20cls

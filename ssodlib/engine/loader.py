@@ -1,11 +1,13 @@
 """Training data for the engine: which files a run reads (:func:`resolve_data`) and the loader of its
 batches (:func:`build_loader`, :class:`ssodlib.data.batch.Batch`): labeled images in a weak view,
 unlabeled images in the teacher's weak and the student's strong view, every view's matrix, and the
-withheld ground truth of unlabeled images (diagnostics only). Augmentation randomness is a function of (seed, rank, batch, slot), so a resumed
-run sees exactly the images and views an uninterrupted one would."""
+withheld ground truth of unlabeled images (diagnostics only). Augmentation randomness is a function
+of (seed, rank, batch, slot), so a resumed run sees exactly the images and views an uninterrupted
+one would."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -67,7 +69,14 @@ def resolve_data(config: TrainConfig, *, progress: bool = False) -> DataFiles:
         raise InputError("the paper scale trains on COCO or VOC, not on the embedded benchmark. Fix: set dataset=coco "
                          "(folds made by `ssod data split-coco`) or explicit labeled_ann / val_ann / image_dir.")
     paths = ensure_benchmark(config.scale, data_root=config.data_root, progress=progress)
-    return DataFiles(paths.fold(fold=config.fold, percent=config.percent),
+    labeled = paths.fold(fold=config.fold, percent=config.percent)
+    if not labeled.is_file():
+        raise InputError(
+            f"{labeled}: not found (no split at {config.percent:g} % fold {config.fold}). "
+            f"{available_splits(labeled.parent, 'instances_train')} Fix: choose one of those, or make others with "
+            f"`ssod data split-coco {paths.annotations('train')} --out-dir {labeled.parent} --folds {config.fold} "
+            f"--percents {config.percent:g}`.")
+    return DataFiles(labeled,
                      paths.fold(fold=config.fold, percent=config.percent, unlabeled=True),
                      paths.annotations("val"), paths.image_dir)
 
@@ -115,7 +124,24 @@ PREPARE = {
 }
 
 
+def available_splits(folder: Path, stem: str) -> str:
+    """The labeled splits of ``stem`` in ``folder`` (``{stem}.{fold}@{percent}.json``), as a sentence."""
+    found = [m.groups() for p in sorted(folder.glob(f"{stem}.*@*.json"))
+             if (m := re.fullmatch(re.escape(stem) + r"\.(\d+)@([0-9.]+)\.json", p.name))]
+    if not found:
+        return f"{folder} holds no split."
+    folds = sorted({int(f) for f, _ in found})
+    percents = sorted({float(p) for _, p in found})
+    return f"{folder} holds percents {[f'{p:g}' for p in percents]} x folds {folds}."
+
+
 def _checked(files: DataFiles, config: TrainConfig) -> DataFiles:
+    if config.dataset == "coco" and not files.labeled_ann.exists() and files.labeled_ann.parent.is_dir():
+        raise InputError(
+            f"{files.labeled_ann}: not found (no split at {config.percent:g} % fold {config.fold}). "
+            f"{available_splits(files.labeled_ann.parent, 'instances_train2017')} Fix: choose one of those, or make "
+            f"others with `ssod data split-coco {files.labeled_ann.parent.parent / 'instances_train2017.json'} "
+            f"--out-dir {files.labeled_ann.parent} --folds {config.fold} --percents {config.percent:g}`.")
     for path in (files.labeled_ann, files.unlabeled_ann, files.val_ann, files.image_dir, files.val_image_dir,
                  files.unlabeled_image_dir):
         if path is not None and not path.exists():

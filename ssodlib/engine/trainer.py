@@ -4,6 +4,7 @@ atomic checkpoints with exact resume, periodic evaluation, JSON-lines metrics.""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ssodlib.config import SHARED_PREFIX_FIELDS, TrainConfig, config_dict
+from ssodlib.config import RESUMABLE_FIELDS, SHARED_PREFIX_FIELDS, TrainConfig, config_dict
 from ssodlib.data.batch import Batch
 from ssodlib.data.coco import CocoDetection
 from ssodlib.data.transforms import WeakViewConfig
@@ -26,11 +27,12 @@ from ssodlib.engine.checkpoint import CHECKPOINT_NAME, checkpoint_config, load_c
 from ssodlib.engine.loader import build_loader, resolve_data
 from ssodlib.engine.distributed import DistInfo, any_rank, broadcast_module, init_distributed
 from ssodlib.engine.ema import copy_weights, ema_update
-from ssodlib.engine.run_folder import CONFIG_NAME, FINAL_NAME, METRICS_NAME, read_metrics
+from ssodlib.engine.run_folder import (CONFIG_NAME, FINAL_NAME, METRICS_NAME, RESUMES_NAME, read_metrics,
+                                       remove_stale_temporaries)
 from ssodlib.engine.stop import STOP_FILE_ENV, Preempted
 from ssodlib.evaluation.detector_eval import evaluate_detector
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
-from ssodlib.io import InputError, write_json, write_text
+from ssodlib.io import InputError, jsonable, write_json, write_text
 from ssodlib.methods import Method, RunInfo, StepContext, get_method
 from ssodlib.models.build import build_detector, detector_signature, pretrained_trunk
 
@@ -209,6 +211,35 @@ class Trainer:
             records = [r for r in read_metrics(path.parent) if r["iteration"] <= state.iteration]
             write_text(self.out_dir / METRICS_NAME, "".join(json.dumps(r) + "\n" for r in records))
 
+    def _accept_resumed_config(self, ckpt: dict[str, Any]) -> None:
+        """Refuse to resume under a configuration that computes something else than the checkpoint's; the
+        fields of ``RESUMABLE_FIELDS`` may change, and a change is written to config.json and logged in
+        resumes.jsonl, so the run folder keeps describing the run."""
+        path = self.out_dir / CHECKPOINT_NAME
+        theirs = checkpoint_config(ckpt, path)
+        changed = config_changes(theirs, self.config)
+        refused = sorted(set(changed) - set(RESUMABLE_FIELDS))
+        if refused:
+            detail = "; ".join(f"{k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
+            raise InputError(f"{path}: made with a different configuration ({detail}). Fix: resume with the "
+                             f"configuration of {self.out_dir / CONFIG_NAME}, or train into a new folder; on resume "
+                             f"only {list(RESUMABLE_FIELDS)} may change.")
+        if self.config.iterations < int(ckpt["iteration"]):
+            raise InputError(f"{path}: is at iteration {ckpt['iteration']}, past iterations={self.config.iterations}. "
+                             "Fix: resume with at least as many iterations, or train into a new folder.")
+        if changed and self.dist.is_main:
+            write_json(self.out_dir / CONFIG_NAME, config_dict(self.config), indent=2)
+            record = {"iteration": int(ckpt["iteration"]),
+                      "changed": {k: [jsonable(a), jsonable(b)] for k, (a, b) in sorted(changed.items())}}
+            with open(self.out_dir / RESUMES_NAME, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _last_checkpoint_note(self) -> str:
+        path = self.out_dir / CHECKPOINT_NAME
+        if path.is_file():
+            return f"The last good checkpoint is kept in {path}. "
+        return "No checkpoint was written yet. "
+
     def _save(self, state: _State) -> None:
         if not self.dist.is_main:
             return
@@ -266,11 +297,14 @@ class Trainer:
         what a pre-empted job does) and return the final evaluation."""
         c = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            remove_stale_temporaries(self.out_dir)
         labeled = CocoDetection(ann_file=self.files.labeled_ann, image_dir=self.files.image_dir)
         state = self._build_state(labeled.num_classes)
         resumed: dict[str, Any] | None = None
         if self.resume and (self.out_dir / CHECKPOINT_NAME).is_file():
             resumed = load_checkpoint(self.out_dir / CHECKPOINT_NAME, map_location=self.device)
+            self._accept_resumed_config(resumed)
             self._load(state, resumed)
         else:
             if self.dist.is_main:
@@ -359,8 +393,8 @@ class Trainer:
         if not torch.isfinite(total):
             values = {k: float(v.detach()) for k, v in losses.items()}
             raise TrainingDiverged(
-                f"iteration {it}: loss is {float(total.detach())} ({values}). The last good checkpoint is kept in "
-                f"{self.out_dir / CHECKPOINT_NAME}. Fix: lower lr, enable grad_clip, or use amp=bf16 instead of fp16.")
+                f"iteration {it}: loss is {float(total.detach())} ({values}). {self._last_checkpoint_note()}"
+                "Fix: lower lr, enable grad_clip, or use amp=bf16 instead of fp16.")
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(total).backward()
         if c.grad_clip:
@@ -378,6 +412,17 @@ class Trainer:
 
 def _normal(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+def config_changes(before: TrainConfig, after: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """``{field: (before, after)}`` of the fields that differ, each detector option compared with its
+    default filled in (as ``detector_options.NAME``)."""
+    out = {f.name: (getattr(before, f.name), getattr(after, f.name)) for f in dataclasses.fields(TrainConfig)
+           if f.name != "detector_options" and _normal(getattr(before, f.name)) != _normal(getattr(after, f.name))}
+    a, b = detector_signature(before), detector_signature(after)
+    out.update({f"detector_options.{k}": (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+                if k != "detector" and _normal(a.get(k)) != _normal(b.get(k))})
+    return out
 
 
 def _prefix_view(config: TrainConfig) -> dict[str, Any]:

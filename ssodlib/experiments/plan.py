@@ -30,11 +30,15 @@ the column's, then the row's (so a column can vary one option of a scale-specifi
 column's options reach only the rows whose method has them (a Supervised row beside LabelMatch
 variants stays one run). A column may name its own ``metric`` (a table whose columns are metrics or
 classes, see ``metric_value`` in report/experiments.py).
+
+Keys outside this schema are errors (a misspelt key would otherwise be ignored and change the runs
+silently); top-level keys starting with ``x-`` are free, for YAML anchors. Folds count from 1.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -43,12 +47,21 @@ from typing import Any
 
 import yaml
 
-from ssodlib.config import TrainConfig, config_dict, train_config
+from ssodlib.config import TrainConfig, config_dict, load_yaml, train_config
 from ssodlib.io import InputError, repository_folder
 
 # fields that change where or how fast a run goes, never what it computes: not part of a run's key
 RUNTIME_FIELDS = frozenset({"data_root", "device", "num_workers", "threads", "eval_every", "checkpoint_every",
                             "log_every", "init_from", "snapshots"})
+
+# (required, optional) keys of each part of a declaration, as the module docstring describes them
+FILE_KEYS = (frozenset({"items"}), frozenset({"paper", "title"}))
+ITEM_KEYS = (frozenset({"id", "rows", "columns", "scales"}), frozenset({"kind", "title", "metric", "model", "plots"}))
+ROW_KEYS = (frozenset({"name", "method"}), frozenset({"set", "burn_in_from", "reference"}))
+REFERENCE_KEYS = (frozenset({"paper", "item", "row"}), frozenset({"columns"}))
+COLUMN_KEYS = (frozenset({"name"}), frozenset({"set", "metric"}))
+SCALE_KEYS = (frozenset(), frozenset({"columns", "folds", "set", "method_options"}))
+SCHEMA = "the schema in ssodlib/experiments/plan.py"
 
 
 def papers_dir() -> Path:
@@ -119,13 +132,86 @@ def load_declarations(paper: str) -> Declarations:
     if not path.is_file():
         known = sorted(p.parent.name for p in papers_dir().glob("*/experiments.yaml"))
         raise InputError(f"{path}: no such file. Fix: choose a paper among {known} (or set SSOD_PAPERS_DIR).")
-    with open(path) as f:
-        data = yaml.safe_load(f)
-    try:
-        items = tuple(_item(d) for d in data["items"])
-    except (KeyError, TypeError) as e:
-        raise InputError(f"{path}: malformed item ({e}). Fix: follow the schema in ssodlib/experiments/plan.py.")
+    data = read_yaml(path, what="experiments declaration")
+    _check_declarations(path, data)
+    items = tuple(_item(d) for d in data["items"])
     return Declarations(paper=data.get("paper", paper), title=data.get("title", paper), items=items, path=path)
+
+
+def read_yaml(path: Path, *, what: str) -> Any:
+    """Parse a YAML file (``1e-3`` is a number); a syntax error raises :class:`InputError` naming the
+    file and the line."""
+    try:
+        with open(path, "rb") as f:  # bytes: PyYAML detects the encoding and reports bad bytes itself
+            return load_yaml(f)
+    except yaml.MarkedYAMLError as e:
+        mark, start = e.problem_mark or e.context_mark, e.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        # an unclosed bracket is reported where parsing failed; the line that opened it is the one to fix
+        opened = f"; {e.context} at line {start.line + 1}" if start and mark and start.line != mark.line else ""
+        raise InputError(f"{path}: not valid YAML ({at}{e.problem or e.context}{opened}). Fix: correct the "
+                         f"{what} there (an unclosed bracket or quote, a tab, or bad indentation).") from e
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not a readable YAML file ({e}). Fix: save the {what} as UTF-8 text.") from e
+
+
+def _check_keys(path: Path, where: str, value: Any, keys: tuple[frozenset[str], frozenset[str]]) -> None:
+    """A mapping with every required key and no unknown one: a misspelt key is an error, not a default."""
+    required, optional = keys
+    allowed = sorted(required | optional)
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: malformed {where}: expected a mapping with keys {allowed}, got {value!r}. "
+                         f"Fix: follow {SCHEMA}.")
+    unknown = sorted(set(value) - required - optional, key=str)
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InputError(f"{path}: malformed {where}: unknown key(s) {unknown}{hint}. Fix: use only {allowed}.")
+    missing = sorted(required - set(value))
+    if missing:
+        raise InputError(f"{path}: malformed {where}: missing key(s) {missing}. Fix: add them ({SCHEMA}).")
+
+
+def _entries(path: Path, where: str, value: Any, kind: str, label: str) -> list[tuple[str, Any]]:
+    """``(where, entry)`` of each entry of a list, named by its ``label`` key (else its position)."""
+    if not isinstance(value, list):
+        raise InputError(f"{path}: malformed {where}: {kind}s must be a list, got {value!r}. Fix: follow {SCHEMA}.")
+    names = [e.get(label, i + 1) if isinstance(e, dict) else i + 1 for i, e in enumerate(value)]
+    return [(f"{where}, {kind} {name!r}" if where else f"{kind} {name!r}", e) for name, e in zip(names, value)]
+
+
+def _check_declarations(path: Path, data: Any) -> None:
+    top = {k: v for k, v in data.items() if not str(k).startswith("x-")} if isinstance(data, dict) else data
+    _check_keys(path, "top level", top, FILE_KEYS)
+    for where, item in _entries(path, "", data["items"], "item", "id"):
+        _check_keys(path, where, item, ITEM_KEYS)
+        for row_where, row in _entries(path, where, item["rows"], "row", "name"):
+            _check_keys(path, row_where, row, ROW_KEYS)
+            for ref_where, ref in _entries(path, row_where, row.get("reference") or [], "reference", "paper"):
+                _check_keys(path, ref_where, ref, REFERENCE_KEYS)
+        for col_where, col in _entries(path, where, item["columns"], "column", "name"):
+            _check_keys(path, col_where, col, COLUMN_KEYS)
+        _check_scales(path, where, item["scales"])
+
+
+def _check_scales(path: Path, where: str, scales: Any) -> None:
+    if not isinstance(scales, dict):
+        raise InputError(f"{path}: malformed {where}: scales must map a scale to its runs, got {scales!r}. "
+                         "Fix: e.g. scales: {smoke: {folds: [1]}}.")
+    for scale, at_scale in scales.items():
+        _check_keys(path, f"{where}, scale {scale!r}", at_scale, SCALE_KEYS)
+        _check_folds(at_scale.get("folds", [1]), f"{path}: malformed {where}, scale {scale!r}: folds",
+                     fix="list folds from 1, e.g. folds: [1, 2]")
+
+
+def _check_folds(folds: Any, what: str, *, fix: str) -> None:
+    """Folds count from 1, as the COCO-standard split files do (``instances_train2017.1@1.json`` to ``5@1``):
+    a fold 0 would plan runs on a split that no standard tool writes."""
+    if not isinstance(folds, list) or not all(isinstance(f, int) and not isinstance(f, bool) for f in folds):
+        raise InputError(f"{what} {folds!r} are not a list of fold numbers. Fix: {fix}.")
+    bad = [f for f in folds if f < 1]
+    if bad:
+        raise InputError(f"{what} {bad} are not fold numbers (folds count from 1). Fix: {fix}.")
 
 
 def _item(d: dict[str, Any]) -> Item:
@@ -138,6 +224,8 @@ def plan_items(paper: str, table: str, scale: str, *, folds: list[int] | None = 
                columns: list[str] | None = None, overrides: dict[str, Any] | None = None) -> dict[str, list[RunSpec]]:
     """The runs of each item (every item when ``table == "all"``), keyed by item id."""
     decl = load_declarations(paper)
+    if folds:
+        _check_folds(list(folds), f"{decl.path}: requested folds", fix="pass folds from 1, e.g. --folds 1,2")
     # "all" means every item declared at this scale (some need data the embedded benchmark lacks)
     items = [i for i in decl.items if scale in i.scales] if table == "all" else (decl.item(table),)
     if not items:
@@ -167,7 +255,8 @@ def _item_runs(decl: Declarations, item: Item, scale: str, *, folds: list[int] |
     names = columns or at_scale.get("columns") or [c["name"] for c in item.columns]
     unknown = sorted(set(names) - {c["name"] for c in item.columns})
     if unknown:
-        raise InputError(f"{decl.path}: item {item.id!r} has no column(s) {unknown}.")
+        raise InputError(f"{decl.path}: item {item.id!r} has no column(s) {unknown}. "
+                         f"Fix: choose among {[c['name'] for c in item.columns]}.")
     out = []
     for fold in folds or at_scale.get("folds", [1]):
         for col in (c for c in item.columns if c["name"] in names):

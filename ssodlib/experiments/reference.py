@@ -6,9 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ssodlib.experiments.plan import papers_dir
+from ssodlib.experiments.plan import papers_dir, read_yaml
 from ssodlib.io import InputError
 
 
@@ -16,8 +14,7 @@ from ssodlib.io import InputError
 def _load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: no such file. Fix: add the paper's published numbers there.")
-    with open(path) as f:
-        return yaml.safe_load(f)
+    return read_yaml(path, what="published numbers")
 
 
 def load_reference(paper: str) -> dict[str, Any]:

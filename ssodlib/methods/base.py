@@ -15,6 +15,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ssodlib.config import check_fields
 from ssodlib.data.batch import Batch
 from ssodlib.data.coco import CocoDetection
 from ssodlib.data.transforms import WeakViewConfig
@@ -71,6 +72,7 @@ class Method:
         if unknown:
             raise InputError(f"method {self.name!r} has no option(s) {unknown}. Fix: choose from {sorted(known)}.")
         self.options = self.Options(**options)
+        check_fields(self.options, what=f"method {self.name!r} option")
 
     def setup(self, *, labeled: CocoDetection, unlabeled: CocoDetection | None, run: RunInfo,
               device: torch.device) -> None:

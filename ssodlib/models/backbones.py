@@ -93,6 +93,9 @@ def resolve_trainable_layers(backbone: str, trainable_layers: int | None) -> int
     return STANDARD_TRAINABLE_LAYERS.get(backbone, 3) if trainable_layers is None else trainable_layers
 
 
+BACKBONES = ("resnet50", "resnet18", "tiny")
+
+
 def build_backbone(name: str, *, pretrained: bool = False, fpn_channels: int = 256, trainable_layers: int | None = None,
                    weights: str | os.PathLike | None = None) -> nn.Module:
     """``resnet50`` / ``resnet18`` / ``tiny``; the module maps images to FPN levels '0'..'3', 'pool'.
@@ -109,7 +112,7 @@ def build_backbone(name: str, *, pretrained: bool = False, fpn_channels: int = 2
             raise ValueError("the tiny backbone's pretrained weights are a file: pass weights= (made by "
                              "ssodlib.models.pretrain.ensure_pretrained_backbone) or pretrained=False")
         backbone: nn.Module = TinyBackbone(fpn_channels=fpn_channels)
-    elif name in ("resnet50", "resnet18"):
+    elif name in BACKBONES:
         backbone = resnet_fpn(name, pretrained=pretrained, fpn_channels=fpn_channels, trainable_layers=trainable_layers)
     else:
         raise ValueError(f"unknown backbone {name!r}; choose resnet50, resnet18 or tiny")

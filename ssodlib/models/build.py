@@ -3,7 +3,8 @@ benchmarks call :func:`build_detector`.
 
 ``TrainConfig.detector`` names a family of :data:`DETECTOR_FAMILIES`; ``TrainConfig.detector_options``
 overrides fields of the family's options dataclass, validated here exactly as a method validates
-``method_options`` (an unknown key is an error that lists the known ones).
+``method_options`` (an unknown key is an error that lists the known ones; a value of the wrong type,
+outside its range or not a choice is an error too). The trainer validates them before it reads data.
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ def detector_options(config: TrainConfig) -> Any:
     for name, value in given.items():
         if isinstance(value, list) and isinstance(fields[name].default, tuple):
             given[name] = tuple(value)
-    return family.options(**given)
+    options = family.options(**given)
+    if hasattr(options, "check"):
+        options.check()
+    return options
 
 
 def detector_signature(config: TrainConfig) -> dict[str, Any]:

@@ -273,6 +273,36 @@ def test_duplicate_image_id(tmp_path: Path) -> None:
     assert "duplicate image id 3" in str(exc.value)
 
 
+@pytest.mark.parametrize(
+    "bbox, problem",
+    [([1, float("nan"), 2, 2], "NaN or infinite"), ([1, 1, float("inf"), 2], "NaN or infinite"),
+     ([1, 1, 2], "not four numbers"), ([1, 1, 2, 2, 5], "not four numbers"), ([1, "a", 2, 2], "not four numbers"),
+     ([1, True, 2, 2], "not four numbers"), (None, "not four numbers"), ({"x": 1}, "not four numbers")],
+    ids=["nan", "inf", "three", "five", "string", "bool", "null", "object"],
+)
+def test_a_box_that_is_not_four_finite_numbers_names_the_annotation_file_and_id(tmp_path: Path, bbox, problem) -> None:
+    data = {
+        "images": [{"id": 5, "file_name": "a.png", "height": 8, "width": 10}],
+        "annotations": [{"id": 1, "image_id": 5, "category_id": 3, "bbox": [1, 1, 2, 2]},
+                        {"id": 17, "image_id": 5, "category_id": 3, "bbox": bbox}],
+        "categories": CATEGORIES,
+    }
+    ann = _write_json(tmp_path / "bad_box.json", data)  # json writes NaN and Infinity as Python reads them
+    with pytest.raises(InputError) as exc:
+        load_coco(ann)  # a NaN box was kept silently; the others raised a bare ValueError or TypeError
+    msg = str(exc.value)
+    assert msg.startswith(f"{ann}: annotation 17 has ") and problem in msg
+    assert "Fix: correct the annotation's bbox or remove the annotation." in msg
+
+
+def test_a_zero_area_box_is_still_dropped_with_a_warning_not_an_error(tmp_path: Path) -> None:
+    data = {"images": [{"id": 5, "file_name": "a.png", "height": 8, "width": 10}],
+            "annotations": [{"id": 1, "image_id": 5, "category_id": 3, "bbox": [1, 1, 0, 2]}], "categories": CATEGORIES}
+    with pytest.warns(UserWarning, match="dropped 1 box"):
+        coco = load_coco(_write_json(tmp_path / "zero.json", data))
+    assert coco.repairs.dropped_degenerate == 1 and coco.boxes[0].shape == (0, 4)
+
+
 # ----------------------------------------------------------------------------------------------
 # image errors
 
@@ -295,6 +325,26 @@ def test_corrupt_image_raises_naming_path(dataset_dir: dict) -> None:
     with pytest.raises(InputError, match=re.escape(str(bad))):
         read_image(bad)
 
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_an_unreadable_image_advises_what_a_cli_user_can_do_and_names_its_annotation_entry(
+    dataset_dir: dict, damage: str
+) -> None:
+    image = dataset_dir["img_dir"] / "b.jpg"
+    if damage == "missing":
+        image.unlink()
+    else:
+        image.write_bytes(b"not an image")
+    ds = CocoDetection(ann_file=dataset_dir["ann"], image_dir=dataset_dir["img_dir"])
+    with pytest.raises(InputError) as exc:
+        ds[1]
+    msg = str(exc.value)
+    assert msg.startswith(str(image)) and f"(listed in {dataset_dir['ann']} as image 7)" in msg
+    # skip_missing is a keyword of the dataset class, which no command-line flag offers
+    assert "skip_missing" not in msg and "remove the image's entry from the annotation file" in msg
+    with pytest.raises(InputError) as exc:
+        read_image(image)
+    assert "skip_missing" not in str(exc.value) and "Fix:" in str(exc.value)
 
 def test_truncated_jpeg_raises(tmp_path: Path) -> None:
     bad = tmp_path / "trunc.jpg"

@@ -112,6 +112,16 @@ def test_missing_size_and_bndbox(tmp_path: Path) -> None:
         voc_to_coco(root, year="2007", image_set="trainval")
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity"])
+def test_a_nan_or_infinite_voc_coordinate_names_the_xml_file_and_the_tag(tmp_path: Path, value: str) -> None:
+    text = _xml(10, 10, [("dog", 1, 1, 5, 5, 0)]).replace("<ymin>1</ymin>", f"<ymin>{value}</ymin>")
+    root = _voc_tree(tmp_path, {"x": text}, ["x"])
+    with pytest.raises(InputError) as err:
+        voc_to_coco(root, year="2007", image_set="trainval")  # was converted into a NaN box
+    msg = str(err.value)
+    assert msg.startswith(str(tmp_path / "VOC2007" / "Annotations" / "x.xml"))
+    assert f"<bndbox> has <ymin> {value!r}, not a finite number" in msg and "Fix:" in msg
+
 def test_missing_image_set_file(tmp_path: Path) -> None:
     root = _voc_tree(tmp_path, {}, [])
     with pytest.raises(InputError) as err:

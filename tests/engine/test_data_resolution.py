@@ -104,3 +104,20 @@ def test_voc_reads_the_converted_files_of_voc_to_coco(tmp_path):
     assert (files.labeled_ann.name, files.unlabeled_ann.name, files.val_ann.name) == (
         "voc07_trainval.json", "voc12_trainval.json", "voc07_test.json")
     assert files.image_dir == files.val_images == files.unlabeled_images == voc
+
+
+def test_a_percent_or_fold_without_a_generated_split_says_which_exist_and_how_to_make_others(smoke_benchmark):
+    root = str(smoke_benchmark.root.parent)
+    for overrides, missing in [({"percent": 3.0}, "instances_train.1@3.json"), ({"fold": 9}, "instances_train.9@10.json")]:
+        with pytest.raises(InputError) as e:
+            resolve_data(train_config("smoke", data_root=root, **overrides))
+        message = str(e.value)
+        assert message.startswith(str(smoke_benchmark.root / "annotations" / "semi" / missing) + ": not found")
+        assert "holds percents ['1', '2', '5', '10'] x folds [1, 2, 3, 4, 5]" in message
+        assert "Fix: choose one of those, or make others with `ssod data split-coco" in message
+
+
+def test_a_coco_percent_without_a_split_lists_the_splits_there_are(tmp_path):
+    _coco_layout(tmp_path, fold=2, percent="0.5")
+    with pytest.raises(InputError, match=r"holds percents \['0.5'\] x folds \[2\]. Fix: choose one of those"):
+        resolve_data(train_config("paper", dataset="coco", data_root=str(tmp_path), fold=1, percent=10.0))

@@ -115,6 +115,66 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(smoke_config,
     assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 2
 
 
+def test_a_loss_that_diverges_before_any_checkpoint_names_none(smoke_config, tmp_path, monkeypatch):
+    original = Supervised.losses
+
+    def poisoned(self, student, ctx, batch):
+        out = original(self, student, ctx, batch)
+        out["loss_cls"] = out["loss_cls"] * float("inf")
+        return out
+
+    monkeypatch.setattr(Supervised, "losses", poisoned)
+    cfg = train_config("smoke", data_root=smoke_config.data_root, method="supervised", iterations=4,
+                       checkpoint_every=2, eval_every=100, threads=1)
+    with pytest.raises(TrainingDiverged, match="iteration 0.*No checkpoint was written yet. Fix: lower lr"):
+        Trainer(cfg, out_dir=tmp_path, progress=False).run()
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_resuming_with_a_configuration_that_computes_something_else_lists_the_differing_fields(smoke_config,
+                                                                                            tmp_path):
+    from ssodlib.io import InputError
+
+    Trainer(smoke_config, out_dir=tmp_path, progress=False).run(stop_at=2)
+    changed = train_config("smoke", **{**_fields(smoke_config), "lr": 0.5, "detector_options": {"fpn_channels": 16}})
+    with pytest.raises(InputError, match=r"different configuration \(detector_options.fpn_channels: 32 -> 16; "
+                                         r"lr: 0.01 -> 0.5\)\. Fix: resume with"):
+        Trainer(changed, out_dir=tmp_path, resume=True, progress=False).run()
+    assert json.loads((tmp_path / "config.json").read_text())["lr"] == smoke_config.lr  # untouched
+
+
+def test_resuming_with_a_longer_schedule_records_the_change_in_the_run_folder(smoke_config, tmp_path):
+    import dataclasses
+
+    from ssodlib.io import InputError
+
+    Trainer(smoke_config, out_dir=tmp_path, progress=False).run(stop_at=4)
+    longer = dataclasses.replace(smoke_config, iterations=8, threads=2)
+    Trainer(longer, out_dir=tmp_path, resume=True, progress=False).run(stop_at=5)
+    assert json.loads((tmp_path / "config.json").read_text())["iterations"] == 8
+    record = json.loads((tmp_path / "resumes.jsonl").read_text())
+    assert record == {"iteration": 4, "changed": {"iterations": [6, 8], "threads": [1, 2]}}
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["config"]["iterations"] == 8
+    with pytest.raises(InputError, match="is at iteration 5, past iterations=3"):
+        Trainer(dataclasses.replace(smoke_config, iterations=3), out_dir=tmp_path, resume=True, progress=False).run()
+
+
+def test_a_write_killed_midway_leaves_no_temporary_after_the_next_start(smoke_config, tmp_path):
+    Trainer(smoke_config, out_dir=tmp_path, progress=False).run(stop_at=2)
+    stale = tmp_path / ".checkpoint.pt.abc123.tmp"  # what atomic_write leaves when killed before its rename
+    stale.write_bytes(b"partial")
+    keep = tmp_path / "notes.tmp"  # not a temporary of ours
+    keep.write_text("mine")
+    Trainer(smoke_config, out_dir=tmp_path, resume=True, progress=False).run(stop_at=3)
+    assert not stale.exists() and keep.exists()
+
+
+def _fields(config):
+    import dataclasses
+
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "scale"}
+
+
 def test_schedules_and_overrides():
     cfg = train_config("smoke", warmup_iters=10, lr_steps=[20, 30], lr_gamma=0.1, burn_in=5, unsup_warmup=4,
                        unsup_weight=2.0)

@@ -197,6 +197,127 @@ def test_a_malformed_item_or_missing_paper_is_an_input_error(papers):
     assert "['bad', 'broken', 'tiny']" in str(e.value)
 
 
+# one item whose keys the tests below misspell one at a time
+ONE = """
+paper: one
+title: One
+x-note: free, for YAML anchors
+items:
+  - id: t1
+    kind: table
+    rows:
+      - {name: Sup, method: supervised, reference: [{paper: labelmatch, item: table1, row: Supervised}]}
+      - {name: PL, method: pseudo_label, burn_in_from: Sup}
+    columns:
+      - {name: "5%", set: {percent: 5}}
+    scales:
+      smoke: {columns: ["5%"], folds: [1]}
+"""
+
+
+def _declare(papers: Path, text: str) -> Path:
+    (papers / "one").mkdir(exist_ok=True)
+    path = papers / "one" / "experiments.yaml"
+    path.write_text(text)
+    return path
+
+
+def _error(call) -> str:
+    with pytest.raises(InputError) as e:
+        call()
+    return str(e.value)
+
+
+def test_the_one_item_declaration_plans(papers):
+    _declare(papers, ONE)
+    assert [(s.row, s.fold) for s in plan("one", "t1", "smoke")] == [("Sup", 1), ("PL", 1)]
+
+
+def test_a_misspelt_row_key_names_the_file_the_item_and_the_allowed_keys(papers):
+    path = _declare(papers, ONE.replace("{name: Sup, method:", "{name: Sup, methd:"))
+    message = _error(lambda: plan("one", "t1", "smoke"))
+    assert message.startswith(f"{path}: malformed item 't1', row 'Sup': unknown key(s) ['methd']")
+    assert "did you mean 'method'?" in message
+    assert "Fix: use only ['burn_in_from', 'method', 'name', 'reference', 'set']" in message
+
+
+def test_a_misspelt_optional_row_key_is_an_error_not_a_row_without_it(papers):
+    path = _declare(papers, ONE.replace("burn_in_from: Sup", "burn_in_form: Sup"))
+    message = _error(lambda: plan("one", "t1", "smoke"))  # was planned with PL from scratch
+    assert f"{path}: malformed item 't1', row 'PL': unknown key(s) ['burn_in_form']" in message
+    assert "did you mean 'burn_in_from'?" in message and "Fix:" in message
+
+
+@pytest.mark.parametrize("old, new, key", [("    columns:", "    colums:", "colums"),
+                                           ("    kind: table", "    kind: table\n    metrc: ap50", "metrc")],
+                         ids=["required", "optional"])
+def test_a_misspelt_item_key_names_the_file_the_item_and_the_allowed_keys(papers, old, new, key):
+    path = _declare(papers, ONE.replace(old, new))
+    message = _error(lambda: load_declarations("one"))
+    assert message.startswith(f"{path}: malformed item 't1': unknown key(s) [{key!r}]")
+    assert "Fix: use only ['columns', 'id', 'kind', 'metric', 'model', 'plots', 'rows', 'scales', 'title']" in message
+
+
+def test_a_misspelt_scale_key_names_the_file_the_item_the_scale_and_the_allowed_keys(papers):
+    path = _declare(papers, ONE.replace('{columns: ["5%"]', '{colmns: ["5%"]'))
+    message = _error(lambda: plan("one", "t1", "smoke"))  # was planned with every column
+    assert message.startswith(f"{path}: malformed item 't1', scale 'smoke': unknown key(s) ['colmns']")
+    assert "Fix: use only ['columns', 'folds', 'method_options', 'set']" in message
+
+
+def test_a_misspelt_column_key_names_the_file_the_item_the_column_and_the_allowed_keys(papers):
+    path = _declare(papers, ONE.replace("set: {percent: 5}", "sett: {percent: 5}"))
+    message = _error(lambda: plan("one", "t1", "smoke"))  # was planned at the scale's default percent
+    assert message.startswith(f"{path}: malformed item 't1', column '5%': unknown key(s) ['sett']")
+    assert "Fix: use only ['metric', 'name', 'set']" in message
+
+
+def test_a_misspelt_top_level_or_reference_key_names_the_file(papers):
+    path = _declare(papers, ONE.replace("title: One", "titel: One"))
+    assert _error(lambda: load_declarations("one")).startswith(f"{path}: malformed top level: unknown key(s) ['titel']")
+    _declare(papers, ONE.replace("row: Supervised", "rwo: Supervised"))
+    message = _error(lambda: load_declarations("one"))
+    assert "item 't1', row 'Sup', reference 'labelmatch': unknown key(s) ['rwo']" in message and "Fix:" in message
+
+
+def test_rows_that_are_not_a_list_of_mappings_name_the_file_and_the_item(papers):
+    path = _declare(papers, ONE.replace("      - {name: PL, method: pseudo_label, burn_in_from: Sup}", "      - PL"))
+    message = _error(lambda: load_declarations("one"))
+    assert message.startswith(f"{path}: malformed item 't1', row 2: expected a mapping") and "Fix:" in message
+    _declare(papers, "items:\n  - {id: t1, rows: Sup, columns: [], scales: {}}\n")
+    assert "malformed item 't1': rows must be a list" in _error(lambda: load_declarations("one"))
+
+
+def test_a_yaml_syntax_error_in_the_declarations_names_the_file_and_the_line(papers):
+    path = _declare(papers, ONE.replace('{name: "5%", set: {percent: 5}}', '{name: "5%", set: {percent: 5}'))
+    message = _error(lambda: plan("one", "t1", "smoke"))
+    assert message.startswith(f"{path}: not valid YAML (line 13, column 5: ")
+    assert "at line 12" in message and "Fix:" in message  # the line of the unclosed brace
+
+
+def test_a_yaml_syntax_error_in_the_published_numbers_names_the_file_and_the_line(papers):
+    (papers / "one").mkdir()
+    path = papers / "one" / "reference.yaml"
+    path.write_text("paper: one\nitems:\n  - id: t1\n    rows:\n  - name: Sup\n      values: {}\n")  # indented too far
+    message = _error(lambda: published("one", "t1", "Sup", "5%"))
+    assert message.startswith(f"{path}: not valid YAML (line 6, ") and "Fix:" in message
+
+
+@pytest.mark.parametrize("folds", [[0], [1, 0], [-1]])
+def test_fold_0_in_the_folds_argument_is_refused(papers, folds):
+    message = _error(lambda: plan("tiny", "t1", "smoke", folds=folds))  # was planned as a fold-0 run
+    assert str(papers / "tiny" / "experiments.yaml") in message
+    assert f"requested folds {[f for f in folds if f < 1]} are not fold numbers (folds count from 1)" in message
+    assert "Fix: pass folds from 1" in message
+
+
+@pytest.mark.parametrize("folds", ["[0]", "[0, 1]", "[one]"])
+def test_fold_0_in_a_scale_s_folds_list_is_refused(papers, folds):
+    path = _declare(papers, ONE.replace("folds: [1]", f"folds: {folds}"))
+    message = _error(lambda: plan("one", "t1", "smoke"))
+    assert message.startswith(f"{path}: malformed item 't1', scale 'smoke': folds ")
+    assert "Fix: list folds from 1" in message
+
 def test_the_baselines_declaration_plans_at_every_scale(monkeypatch):
     monkeypatch.delenv("SSOD_PAPERS_DIR", raising=False)
     counts = {scale: len(plan("baselines", "all", scale)) for scale in ("smoke", "mini", "paper")}

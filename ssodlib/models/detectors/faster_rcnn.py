@@ -30,7 +30,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.rpn import RPNHead, concat_box_prediction_layers
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
 
-from ssodlib.models.backbones import FPN_STRIDES, build_backbone, resolve_trainable_layers
+from ssodlib.config import Rule, check_fields, check_ranges
+from ssodlib.io import InputError
+from ssodlib.models.backbones import BACKBONES, FPN_STRIDES, build_backbone, resolve_trainable_layers
 from ssodlib.models.detectors.base import Detections, ImageBatch
 from ssodlib.models.losses import box_regression_loss, softmax_focal_loss
 from ssodlib.models.nms import nms_clusters
@@ -41,7 +43,7 @@ class FasterRCNNOptions:
     """Faster R-CNN hyper-parameters, the ``detector_options`` of the ``faster_rcnn`` family
     (torchvision / mmdetection defaults unless noted)."""
 
-    backbone: str = "resnet50"  # "resnet18" | "resnet50" | "resnet101" | "tiny" (see models.backbones)
+    backbone: str = "resnet50"  # "resnet50" | "resnet18" | "tiny" (see models.backbones)
     pretrained: bool = False  # resnets: ImageNet weights; tiny: ssodlib.models.pretrain's (built on first use)
     trainable_layers: int | None = None  # with pretrained weights, of (stem, stage 1..4): 3 freezes stem and
     # stage 1, 5 nothing; None: the backbone's standard (ResNets: 3; tiny: 5, see backbones.STANDARD_TRAINABLE_LAYERS)
@@ -69,9 +71,30 @@ class FasterRCNNOptions:
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     size_divisible: int = 32
 
+    def check(self) -> None:
+        """Raise ``InputError`` for a value of the wrong type, outside its range or not a choice."""
+        check_fields(self, what="detector option")
+        check_ranges(self, FASTER_RCNN_RULES, what="detector option")
+        if len(self.anchor_sizes) != len(FPN_STRIDES):
+            raise InputError(f"detector option anchor_sizes={self.anchor_sizes} has {len(self.anchor_sizes)} sizes; "
+                             f"the FPN has {len(FPN_STRIDES)} levels (P2..P6). Fix: give one size per level.")
+
     def resolved(self) -> "FasterRCNNOptions":
         """The same options with ``trainable_layers=None`` spelt out as the backbone's standard."""
         return replace(self, trainable_layers=resolve_trainable_layers(self.backbone, self.trainable_layers))
+
+
+_FRACTION = Rule(low=0, high=1)
+FASTER_RCNN_RULES = {
+    "backbone": Rule(choices=BACKBONES), "cls_loss": Rule(choices=("ce", "focal")),
+    "box_loss": Rule(choices=("smooth_l1", "giou")), "trainable_layers": Rule(low=0, high=5),
+    "fpn_channels": Rule(low=1), "anchor_sizes": Rule(low=0, open_low=True), "rpn_pre_nms_top_n": Rule(low=1),
+    "rpn_post_nms_top_n": Rule(low=1), "rpn_nms_thresh": _FRACTION, "rpn_iou_thresholds": _FRACTION,
+    "rpn_batch_size": Rule(low=1), "rpn_positive_fraction": _FRACTION, "roi_iou_threshold": _FRACTION,
+    "roi_batch_size": Rule(low=1), "roi_positive_fraction": _FRACTION, "representation_size": Rule(low=1),
+    "roi_sampling_ratio": Rule(low=0), "score_thresh": _FRACTION, "nms_thresh": _FRACTION,
+    "detections_per_img": Rule(low=1), "focal_gamma": Rule(low=0), "size_divisible": Rule(low=1),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
