@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from torch import Tensor
 
@@ -27,3 +27,8 @@ class Batch:
     @property
     def num_unlabeled(self) -> int:
         return len(self.weak)
+
+    def pin_memory(self) -> "Batch":
+        """Every tensor in page-locked memory (the DataLoader calls this with ``pin_memory=True``), so
+        copies to the GPU can overlap computation."""
+        return Batch(**{f.name: [t.pin_memory() for t in getattr(self, f.name)] for f in fields(self)})

@@ -39,9 +39,15 @@ def init_distributed(device_type: str) -> DistInfo:
         os.environ.setdefault("MASTER_PORT", "29500")
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
-            torch.cuda.set_device(local)
+            torch.cuda.set_device(local_cuda_index(local, torch.cuda.device_count()))
         dist.init_process_group(backend, rank=rank, world_size=world)
     return DistInfo(rank, world, local)
+
+
+def local_cuda_index(local_rank: int, device_count: int) -> int:
+    """The CUDA device of a process: its local rank among the devices it sees. SLURM may give each task
+    one visible GPU (``CUDA_VISIBLE_DEVICES``), so the local rank can exceed the visible count: modulo."""
+    return local_rank % max(device_count, 1)
 
 
 def broadcast_module(module: torch.nn.Module) -> None:

@@ -205,7 +205,7 @@ class KeyedBatches:
 
 
 def build_loader(config: TrainConfig, files: DataFiles, *, labeled: CocoDetection, uses_unlabeled: bool,
-                 start_batch: int, rank: int, world_size: int) -> DataLoader:
+                 start_batch: int, rank: int, world_size: int, pin_memory: bool = False) -> DataLoader:
     unlabeled = None
     if uses_unlabeled:
         if files.unlabeled_ann is None:
@@ -221,6 +221,6 @@ def build_loader(config: TrainConfig, files: DataFiles, *, labeled: CocoDetectio
                                 unlabeled_per_batch=config.unlabeled_per_batch if unlabeled else 0,
                                 seed=config.seed, rank=rank, world_size=world_size, start_batch=start_batch)
     loader = DataLoader(data, batch_sampler=KeyedBatches(sampler), collate_fn=collate,
-                        num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
+                        num_workers=config.num_workers, persistent_workers=config.num_workers > 0, pin_memory=pin_memory,
                         prefetch_factor=2 if config.num_workers > 0 else None)
     return loader

@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from ssodlib.data.coco import CocoDetection
 from ssodlib.data.transforms import WeakViewConfig
 from ssodlib.engine.checkpoint import CHECKPOINT_NAME, checkpoint_config, load_checkpoint, save_checkpoint
 from ssodlib.engine.loader import build_loader, resolve_data
-from ssodlib.engine.distributed import DistInfo, any_rank, broadcast_module, init_distributed
+from ssodlib.engine.distributed import DistInfo, any_rank, broadcast_module, init_distributed, local_cuda_index
 from ssodlib.engine.ema import copy_weights, ema_update
 from ssodlib.engine.run_folder import (CONFIG_NAME, FINAL_NAME, METRICS_NAME, RESUMES_NAME, read_metrics,
                                        remove_stale_temporaries)
@@ -38,7 +39,11 @@ from ssodlib.models.build import build_detector, detector_signature, pretrained_
 
 
 class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
+    """A loss became NaN or infinite (under fp16: in more than ``MAX_SKIPPED_STEPS`` steps in a row);
+    the last good checkpoint is kept."""
+
+
+MAX_SKIPPED_STEPS = 10
 
 
 class _StopRequest:
@@ -145,9 +150,10 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+            self.device = torch.device("cuda", local_cuda_index(self.dist.local_rank, torch.cuda.device_count()))
         if config.threads:
             torch.set_num_threads(config.threads)
+        self._skipped_in_a_row = 0
         self.method: Method = get_method(config.method)(options=config.method_options)
         detector_signature(config)  # unknown detector or options: fail before any data is made
         family = self.method.detector_family
@@ -274,18 +280,21 @@ class Trainer:
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(self, state: _State) -> dict[str, Any]:
-        """COCO metrics of the student and (after burn-in) the teacher, on the main rank only."""
+        """COCO metrics of the student and (after burn-in) the teacher: every rank detects on its shard
+        of the validation images, the main rank scores them (the others return ``{}``)."""
         c = self.config
         out: dict[str, Any] = {}
-        if not self.dist.is_main:
-            return out
         models = {"student": state.student}
         if state.teacher is not None and state.iteration > c.burn_in:  # teacher := student happens at step burn_in
             models["teacher"] = state.teacher
         for name, model in models.items():
-            m = evaluate_detector(model, ann_file=self.files.val_ann, image_dir=self.files.val_images,
-                                  test_scale=c.test_scale, max_size=c.max_size, device=self.device,
-                                  max_images=c.eval_images, amp_dtype=amp_dtype(c)).to_dict()
+            metrics = evaluate_detector(model, ann_file=self.files.val_ann, image_dir=self.files.val_images,
+                                        test_scale=c.test_scale, max_size=c.max_size, device=self.device,
+                                        max_images=c.eval_images, amp_dtype=amp_dtype(c), rank=self.dist.rank,
+                                        world_size=self.dist.world_size)
+            if metrics is None:  # not the main rank
+                continue
+            m = metrics.to_dict()
             out[name] = {k: m[k] for k in ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")}
             out[name]["per_class_ap"] = m["per_class_ap"]
             out[name]["ap_per_iou"] = m["ap_per_iou"]
@@ -313,7 +322,8 @@ class Trainer:
             if c.init_from:
                 self._init_from_snapshot(state)
         loader = build_loader(c, self.files, labeled=labeled, uses_unlabeled=self.method.uses_unlabeled,
-                              start_batch=state.iteration, rank=self.dist.rank, world_size=self.dist.world_size)
+                              start_batch=state.iteration, rank=self.dist.rank, world_size=self.dist.world_size,
+                              pin_memory=self.device.type == "cuda")
         self.method.setup(labeled=labeled, unlabeled=loader.dataset.unlabeled, run=run_info(c), device=self.device)
         if resumed is not None:
             self.method.load_state_dict(resumed.get("method") or {})
@@ -345,7 +355,7 @@ class Trainer:
         data_iter = iter(loader)
         window: dict[str, list[float]] = {}
         last_eval: tuple[int, dict[str, Any]] = (-1, {})
-        tic = time.perf_counter()
+        tic, aside = time.perf_counter(), 0.0  # aside: evaluation time, not part of sec_per_iter
         while state.iteration < end:
             it = state.iteration
             losses = self._step(state, step_module, next(data_iter), stats)
@@ -357,17 +367,21 @@ class Trainer:
             if done % c.log_every == 0 or done == end:
                 record = {"iteration": done, "kind": "train", "lr": state.optimizer.param_groups[0]["lr"],
                           "unsup_weight": unsup_weight(c, it) if self.method.uses_unlabeled else 0.0,
-                          "sec_per_iter": (time.perf_counter() - tic) / len(window.get("loss", [1]))}
+                          "sec_per_iter": (time.perf_counter() - tic - aside) / len(window.get("loss", [1]))}
                 record.update({k: float(np.mean(v)) for k, v in window.items()})
                 if stats.images:
                     record.update(stats.summary())
                 self._log(record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}")
-                window, tic = {}, time.perf_counter()
+                if "loss" in record:  # a window of skipped fp16 steps only has none
+                    bar.set_postfix(loss=f"{record['loss']:.3f}")
+                window, tic, aside = {}, time.perf_counter(), 0.0
                 stats = PseudoLabelStats(num_classes=num_classes, labeled_class_prior=prior)
-            if (done % c.eval_every == 0 or done == c.iterations) and self.dist.is_main:
+            if done % c.eval_every == 0 or done == c.iterations:
+                start = time.perf_counter()
                 last_eval = (done, self.evaluate(state))
-                self._log({"iteration": done, "kind": "eval", **last_eval[1]})
+                seconds = time.perf_counter() - start
+                aside += seconds
+                self._log({"iteration": done, "kind": "eval", **last_eval[1], "eval_seconds": round(seconds, 3)})
             if done % c.checkpoint_every == 0 or done == end or done in c.snapshots:
                 self._save(state)
             if done < end and stop.requested(self.device):
@@ -390,11 +404,12 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
             losses = step_module(self.method.losses, ctx, batch)
         total = sum(losses.values())
-        if not torch.isfinite(total):
-            values = {k: float(v.detach()) for k, v in losses.items()}
-            raise TrainingDiverged(
-                f"iteration {it}: loss is {float(total.detach())} ({values}). {self._last_checkpoint_note()}"
-                "Fix: lower lr, enable grad_clip, or use amp=bf16 instead of fp16.")
+        finite = bool(torch.isfinite(total))
+        if c.amp == "fp16" and any_rank(not finite, self.device):
+            return self._skip_overflowing_step(state, it, losses, total)
+        if not finite:
+            raise self._diverged(it, losses, total)
+        self._skipped_in_a_row = 0
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(total).backward()
         if c.grad_clip:
@@ -407,7 +422,33 @@ class Trainer:
             ema_update(state.teacher, state.student, keep_rate=c.ema_keep_rate)
         out = {k: float(v.detach()) for k, v in losses.items()}
         out["loss"] = float(total.detach())
+        if c.amp == "fp16":
+            out["skipped_step"] = 0.0
         return out
+
+    def _diverged(self, it: int, losses: dict[str, torch.Tensor], total: torch.Tensor) -> TrainingDiverged:
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        return TrainingDiverged(f"iteration {it}: loss is {float(total.detach())} ({values}). "
+                                f"{self._last_checkpoint_note()}Fix: lower lr, enable grad_clip, or use amp=bf16 "
+                                "instead of fp16.")
+
+    def _skip_overflowing_step(self, state: _State, it: int, losses: dict[str, torch.Tensor],
+                               total: torch.Tensor) -> dict[str, float]:
+        """fp16: a loss that overflowed skips the update and halves the loss scale, as GradScaler does for
+        overflowing gradients; the schedule and the EMA go on, so the iteration count stays aligned.
+        ``MAX_SKIPPED_STEPS`` skips in a row mean the run diverged."""
+        self._skipped_in_a_row += 1
+        if self._skipped_in_a_row > MAX_SKIPPED_STEPS:
+            raise self._diverged(it, losses, total)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(total.detach())  # creates the scale on a first step, which update() needs
+        state.scaler.update(new_scale=state.scaler.get_scale() * state.scaler.get_backoff_factor())
+        with warnings.catch_warnings():  # a skipped optimizer step is the point here
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            state.scheduler.step()
+        if state.teacher is not None and it >= self.config.burn_in:
+            ema_update(state.teacher, state.student, keep_rate=self.config.ema_keep_rate)
+        return {"skipped_step": 1.0}
 
 
 def _normal(value: Any) -> Any:

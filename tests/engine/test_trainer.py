@@ -131,6 +131,54 @@ def test_a_loss_that_diverges_before_any_checkpoint_names_none(smoke_config, tmp
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
+def test_an_overflowing_fp16_step_is_skipped_not_the_end_of_the_run(smoke_config, tmp_path, monkeypatch):
+    from ssodlib.engine.trainer import MAX_SKIPPED_STEPS
+
+    original = Supervised.losses
+    poisoned_at = {2, 3}
+
+    def poisoned(self, student, ctx, batch):
+        out = original(self, student, ctx, batch)
+        if ctx.iteration in poisoned_at:
+            out["loss_cls"] = out["loss_cls"] * float("inf")
+        return out
+
+    monkeypatch.setattr(Supervised, "losses", poisoned)
+    cfg = train_config("smoke", data_root=smoke_config.data_root, method="supervised", iterations=6, amp="fp16",
+                       checkpoint_every=100, eval_every=100, log_every=1, threads=1)
+    trainer = Trainer(cfg, out_dir=tmp_path / "ok", progress=False)
+    trainer.run()
+    train = [r for r in read_metrics(tmp_path / "ok") if r["kind"] == "train"]
+    assert [r["skipped_step"] for r in train] == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    assert all(math.isfinite(r["loss"]) for r in train if not r["skipped_step"])
+    assert trainer.state.scaler.get_scale() < 2.0 ** 16  # each skip halved the loss scale
+    poisoned_at.update(range(0, 20))
+    cfg = train_config("smoke", data_root=smoke_config.data_root, method="supervised", iterations=20, amp="fp16",
+                       checkpoint_every=100, eval_every=100, threads=1)
+    with pytest.raises(TrainingDiverged, match=f"iteration {MAX_SKIPPED_STEPS}: loss is inf"):
+        Trainer(cfg, out_dir=tmp_path / "bad", progress=False).run()
+
+
+def test_sec_per_iter_leaves_the_evaluation_out(smoke_config, tmp_path, monkeypatch):
+    import time as time_module
+
+    original = Trainer.evaluate
+
+    def slow_evaluate(self, state):
+        time_module.sleep(1.0)
+        return original(self, state)
+
+    monkeypatch.setattr(Trainer, "evaluate", slow_evaluate)
+    cfg = train_config("smoke", data_root=smoke_config.data_root, method="supervised", iterations=4, eval_every=2,
+                       checkpoint_every=100, log_every=2, threads=1)
+    Trainer(cfg, out_dir=tmp_path, progress=False).run()
+    records = read_metrics(tmp_path)
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["iteration"] for r in evals] == [2, 4] and all(r["eval_seconds"] >= 1.0 for r in evals)
+    after_eval = [r for r in records if r["kind"] == "train" and r["iteration"] == 4][0]
+    assert after_eval["sec_per_iter"] < 0.5  # the 1 s evaluation at iteration 2 is not in this window
+
+
 def test_resuming_with_a_configuration_that_computes_something_else_lists_the_differing_fields(smoke_config,
                                                                                             tmp_path):
     from ssodlib.io import InputError

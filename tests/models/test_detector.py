@@ -160,6 +160,27 @@ def test_proposals_train_vs_eval():
     assert all(len(b) == 10 for b in eval_boxes)
 
 
+def test_boxes_are_decoded_in_float32_under_bf16_autocast():
+    """bf16 keeps 8 bits of mantissa: a box edge near x = 700 decoded in bf16 lands on a multiple of 4 px.
+    Proposals and detections are decoded in float32 whatever the autocast dtype."""
+    m = _model().eval()
+    batch = m.preprocess([_image(64, 64)])
+    with torch.no_grad():
+        rpn = m.rpn(m.features(batch), batch)
+    far = [a + 700.0 for a in rpn.anchors]  # anchors where bf16's spacing is 4 px
+    rpn = type(rpn)(rpn.objectness, [d.bfloat16() for d in rpn.deltas], far, rpn.num_anchors_per_level)
+    batch.image_sizes = [(2000, 2000)]
+    boxes, _ = m.proposals(rpn, batch)
+    assert boxes[0].dtype == torch.float32
+    assert ((boxes[0] % 4) != 0).float().mean() > 0.5  # not quantised to bf16's 4 px grid
+    rois = m.roi_head(m.features(batch), [torch.tensor([[700.5, 701.25, 760.75, 790.5]])], batch)
+    rois = type(rois)(rois.class_logits, rois.box_deltas.bfloat16(), rois.features, rois.counts)
+    decoded = m.decode_boxes(rois, [torch.tensor([[700.5, 701.25, 760.75, 790.5]])])
+    assert decoded.dtype == torch.float32
+    expected = m.roi_coder.decode(rois.box_deltas.float(), [torch.tensor([[700.5, 701.25, 760.75, 790.5]])])
+    torch.testing.assert_close(decoded, expected.reshape(decoded.shape))
+
+
 # -- RoI head -------------------------------------------------------------------------------------
 
 def _small_props() -> list[torch.Tensor]:

@@ -224,7 +224,9 @@ class FasterRCNN(nn.Module):
         phase = int(not self.training)  # 0: train, 1: test
         obj, deltas = rpn.flat()
         obj = obj.detach()
-        boxes = self.rpn_coder.decode(deltas.detach().reshape(-1, 4), rpn.anchors).reshape(obj.shape[0], -1, 4)
+        # float32: BoxCoder decodes in the deltas' dtype, and bf16 would quantise boxes to 4-8 px at COCO sizes
+        boxes = self.rpn_coder.decode(deltas.detach().float().reshape(-1, 4), rpn.anchors)
+        boxes = boxes.reshape(obj.shape[0], -1, 4)
         out_boxes, out_scores = [], []
         for b, (size, bx, sc) in enumerate(zip(batch.image_sizes, boxes, obj)):
             cand, scores, levels = [], [], []
@@ -343,14 +345,14 @@ class FasterRCNN(nn.Module):
         deltas = rois.box_deltas.reshape(len(labels), -1, 4)[pos, labels[pos]]
         props, gt = torch.cat(samples.proposals)[pos], torch.cat(samples.matched_boxes)[pos]
         target = self.roi_coder.encode_single(gt, props)
-        pred_boxes = self.roi_coder.decode_single(deltas, props) if c.box_loss == "giou" else None
+        pred_boxes = self.roi_coder.decode_single(deltas.float(), props) if c.box_loss == "giou" else None
         loss_box = box_regression_loss(deltas, target, kind=c.box_loss, pred_boxes=pred_boxes, target_boxes=gt)
         return {"loss_cls": loss_cls, "loss_box": loss_box / max(len(labels), 1)}
 
     def decode_boxes(self, rois: RoIOutput, proposals: Sequence[Tensor]) -> Tensor:
-        """Class-specific boxes ``(R, C + 1, 4)`` of every RoI."""
-        props = torch.cat([p.detach() for p in proposals]).to(rois.box_deltas.dtype)
-        return self.roi_coder.decode(rois.box_deltas.detach(), [props]).reshape(len(props), -1, 4)
+        """Class-specific boxes ``(R, C + 1, 4)`` of every RoI, in float32 whatever the autocast dtype."""
+        props = torch.cat([p.detach() for p in proposals]).float()
+        return self.roi_coder.decode(rois.box_deltas.detach().float(), [props]).reshape(len(props), -1, 4)
 
     @torch.no_grad()
     def postprocess(self, rois: RoIOutput, proposals: Sequence[Tensor], batch: ImageBatch, *,
