@@ -8,7 +8,13 @@ from pathlib import Path
 
 import yaml
 
-from ssodlib.io import InputError, read_json, write_json, write_text
+from ssodlib.io import InputError, path_error, read_json, write_json, write_text
+
+EXIT_STATUSES = """exit status:
+  0  done
+  2  bad input or a file-system error (one 'ssod: error:' line naming the file and the fix)
+  3  stopped on request (signal or stop file) after writing a checkpoint: --resume continues
+  4  training diverged (a loss became NaN or infinite)"""
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -84,13 +90,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from ssodlib.config import parse_overrides, train_config
     from ssodlib.engine.trainer import train
 
-    overrides = {}
-    if args.config:
-        with open(args.config) as f:
-            overrides = yaml.safe_load(f) or {}
-        if not isinstance(overrides, dict):
-            raise InputError(f"{args.config}: not a mapping of TrainConfig fields. Fix: write KEY: VALUE lines.")
-        args.scale = overrides.pop("scale", args.scale)
+    overrides = _read_config(args.config) if args.config else {}
+    args.scale = overrides.pop("scale", args.scale)
     overrides.update(parse_overrides(args.set or []))
     for key in ("method", "percent", "fold", "seed", "data_root", "device", "amp"):
         value = getattr(args, key)
@@ -102,6 +103,20 @@ def _cmd_train(args: argparse.Namespace) -> None:
     for model, m in final.items():
         print(f"{model}: AP {100 * m['ap']:.2f}  AP50 {100 * m['ap50']:.2f}  AP75 {100 * m['ap75']:.2f}")
     print(f"run folder: {out}")
+
+
+def _read_config(path: Path) -> dict:
+    """The TrainConfig fields of a YAML / JSON file (``--config``)."""
+    if not path.is_file():
+        raise InputError(f"{path}: configuration file not found. Fix: check the path given to --config.")
+    try:
+        overrides = yaml.safe_load(path.read_bytes()) or {}  # bytes: PyYAML reports bad encodings itself
+    except yaml.YAMLError as e:
+        problem = " ".join(str(e).split())  # one line: PyYAML spreads its message over several
+        raise InputError(f"{path}: not valid YAML ({problem}). Fix: write KEY: VALUE lines.") from e
+    if not isinstance(overrides, dict):
+        raise InputError(f"{path}: not a mapping of TrainConfig fields. Fix: write KEY: VALUE lines.")
+    return overrides
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -193,7 +208,7 @@ def _cmd_experiments_run(args: argparse.Namespace) -> None:
 
     specs = plan(args.paper, args.table, args.scale, **_experiment_args(args))
     records = run_plan(specs, run_index=args.index, results_dir=args.results_dir, data_root=args.data_root,
-                       device=args.device, processes=args.processes, progress=not args.quiet)
+                       device=args.device, processes=args.processes, progress=not args.quiet, jobs=args.jobs)
     print(f"{len(records)} run(s) complete in {args.results_dir or 'the default results folder'}")
 
 
@@ -235,6 +250,8 @@ def _add_experiment_parsers(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--data-root", default=None)
             p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
             p.add_argument("--processes", type=int, default=1, help="ranks per run (srun or torchrun)")
+            p.add_argument("--jobs", type=int, default=1,
+                           help="runs side by side, the cores split between them (each a process)")
         if name == "report":
             p.add_argument("--out", type=Path, default=None, help="default: RESULTS/reports/PAPER/SCALE")
 
@@ -276,7 +293,8 @@ def _add_slurm_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssod", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ssod", description=__doc__, epilog=EXIT_STATUSES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -378,18 +396,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ssodlib.engine.stop import Preempted
+    from ssodlib.engine.stop import Preempted, TrainingDiverged
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except InputError as e:
-        print(f"ssod: error: {e}", file=sys.stderr)
-        return 2
+        return _error(e, 2)
+    except OSError as e:  # a path the command could not read or write: name it, no traceback
+        return _error(path_error(e), 2)
     except Preempted as e:
         print(f"ssod: {e}", file=sys.stderr)
         return 3
+    except TrainingDiverged as e:
+        return _error(e, 4)
     return 0
+
+
+def _error(e: Exception, status: int) -> int:
+    print(f"ssod: error: {e}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

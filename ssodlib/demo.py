@@ -4,12 +4,21 @@ It generates (or reuses) the benchmark, checks that a labeled fold and its unlab
 one class distribution, draws the data and the two views a mean teacher sees, then executes
 ``notebooks/baselines.ipynb`` with papermill at the same scale (Supervised and the pseudo-label
 mean teacher on one fold), which trains into ``{out}/results`` and renders the tables and figures.
+
+Everything it prints also goes to ``{out}/demo.log``: the data table, the pretrained trunk's epochs
+and, while the notebook trains, one progress line per run (iteration, ETA) read from the results
+store; the kernel's own output stays in the executed notebook ``{out}/notebooks/baselines-{scale}.ipynb``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
+import time
 from pathlib import Path
+from typing import Any, Iterator, TextIO
 
 import torch
 
@@ -22,7 +31,10 @@ from ssodlib.data.transforms import (
     teacher_student_views,
     transform_boxes,
 )
-from ssodlib.io import repository_folder, write_json
+from ssodlib.engine.run_folder import read_metrics
+from ssodlib.experiments.plan import RunSpec, plan, with_runtime
+from ssodlib.experiments.store import ResultsStore
+from ssodlib.io import InputError, clock, progress_line, repository_folder, write_json
 from ssodlib.report.dataset import class_distribution_kl, dataset_stats, plot_dataset, plot_samples
 
 
@@ -62,6 +74,9 @@ def notebooks_dir() -> Path:
 
 # the demo's slice of the baselines notebook at each scale: one fold, one labeled fraction
 DEMO_COLUMNS = {"smoke": ["10%"], "mini": ["5%"]}
+LOG_NAME = "demo.log"
+# the kernel's progress bars redraw at most once a minute: each redraw stays in the executed notebook
+KERNEL_ENV = {"TQDM_MININTERVAL": "60"}
 
 
 def run_baselines_notebook(*, scale: str, out: Path, data_root: str | os.PathLike | None = None,
@@ -76,15 +91,144 @@ def run_baselines_notebook(*, scale: str, out: Path, data_root: str | os.PathLik
     params = dict(TABLE="all", SCALE=scale, FOLDS=[1], COLUMNS=DEMO_COLUMNS[scale],
                   RESULTS_DIR=str((out / "results").resolve()),
                   DATA_ROOT=str(Path(data_root).resolve()) if data_root else None)
-    papermill.execute_notebook(str(source), str(executed), parameters=params, kernel_name="python3",
-                               progress_bar=progress, cwd=str(source.parent))
+    specs = plan("baselines", params["TABLE"], scale, folds=params["FOLDS"], columns=params["COLUMNS"])
+    if progress:
+        _build_trunks(specs, data_root=params["DATA_ROOT"])
+    watch = RunWatch(specs, ResultsStore(params["RESULTS_DIR"]))
+    with _environment(KERNEL_ENV), watch if progress else contextlib.nullcontext():
+        try:
+            papermill.execute_notebook(str(source), str(executed), parameters=params, kernel_name="python3",
+                                       progress_bar=False, cwd=str(source.parent))
+        except papermill.PapermillExecutionError as e:
+            known = _kernel_error(e, executed)
+            if known is None:
+                raise
+            raise known from e
     return executed
+
+
+def _build_trunks(specs: list[RunSpec], *, data_root: str | None) -> None:
+    """Build the pretrained trunk the runs need here, where its progress lines reach the terminal;
+    the notebook's runs then find it cached."""
+    from ssodlib.models.build import pretrained_trunk
+
+    for spec in specs:
+        pretrained_trunk(with_runtime(spec.config, data_root=data_root), progress=True)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in the environment the notebook kernel inherits (a user's own setting wins)."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def _kernel_error(e: Any, executed: Path) -> Exception | None:
+    """The kernel's InputError or TrainingDiverged as the same error here, naming the executed notebook,
+    so that ``ssod demo`` ends with one ``ssod: error:`` line and that error's exit status."""
+    from ssodlib.engine.trainer import TrainingDiverged
+
+    kind = {"InputError": InputError, "TrainingDiverged": TrainingDiverged}.get(e.ename)
+    return kind(f"{executed}, cell In [{e.exec_count}]: {e.evalue}") if kind else None
+
+
+class RunWatch:
+    """While the notebook trains, every ``every`` seconds a line for each run whose state changed, from
+    what the results store shows: starting, its iteration with an ETA, finished."""
+
+    def __init__(self, specs: list[RunSpec], store: ResultsStore, *, every: float = 30.0) -> None:
+        self.specs, self.store, self.every = specs, store, every
+        self._said: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "RunWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()  # the runs that finished since the last look
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.poll()
+
+    def poll(self) -> list[str]:
+        """Print and return the lines that changed since the last poll."""
+        new = []
+        for index, spec in enumerate(self.specs):
+            line = self.line(index, spec)
+            if line is not None and self._said.get(spec.key) != line:
+                self._said[spec.key] = line
+                print(line, flush=True)
+                new.append(line)
+        return new
+
+    def line(self, index: int, spec: RunSpec) -> str | None:
+        """The run's state, or None before it started (or while its log is mid-write)."""
+        name = f"demo run {index + 1}/{len(self.specs)} ({spec.row}, {spec.column}, fold {spec.fold})"
+        record = self.store.get(spec.key)
+        if record is not None:
+            return f"{name}: finished in {clock(record.get('wall_seconds', 0))}"
+        try:
+            train = [r for r in read_metrics(self.store.run_dir(spec.key)) if r.get("kind") == "train"]
+        except ValueError:  # a line being appended right now: read it next time
+            return None
+        if not train:
+            return f"{name}: starting" if self.store.run_dir(spec.key).is_dir() else None
+        recent = [r["sec_per_iter"] for r in train[-10:]]
+        done, total = train[-1]["iteration"], spec.config.iterations
+        eta = (total - done) * sum(recent) / len(recent)
+        return progress_line(f"{name}, iterations", done, total, eta_seconds=eta)
+
+
+class _Tee:
+    """A stream writing to two: the terminal and the demo's log."""
+
+    def __init__(self, *streams: TextIO) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, encoding, fileno: the terminal's
+        return getattr(self.streams[0], name)
+
+
+@contextlib.contextmanager
+def _logged(path: Path) -> Iterator[None]:
+    """What the demo prints (its watcher thread's lines included) goes to ``path`` as well."""
+    with open(path, "a") as log, contextlib.redirect_stdout(_Tee(sys.stdout, log)):
+        print(f"== ssod demo at {time.strftime('%Y-%m-%d %H:%M:%S')}; this log: {path}", flush=True)
+        yield
 
 
 def run_demo(*, scale: str, out: Path, data_root: str | os.PathLike | None = None, progress: bool = True,
              fold: int = 1, percent: float = 5.0, with_baselines: bool = True) -> dict:
-    paths = ensure_benchmark(scale, data_root=data_root, progress=progress)
+    """The data figures and summary, then (``with_baselines``) the baselines notebook; everything
+    printed is logged in ``{out}/demo.log``."""
     out.mkdir(parents=True, exist_ok=True)
+    with _logged(out / LOG_NAME):
+        return _run_demo(scale=scale, out=out, data_root=data_root, progress=progress, fold=fold, percent=percent,
+                         with_baselines=with_baselines)
+
+
+def _run_demo(*, scale: str, out: Path, data_root: str | os.PathLike | None, progress: bool, fold: int,
+              percent: float, with_baselines: bool) -> dict:
+    paths = ensure_benchmark(scale, data_root=data_root, progress=progress)
     train = load_coco(paths.annotations("train"))
     val = load_coco(paths.annotations("val"))
     labeled = load_coco(paths.fold(fold=fold, percent=percent), categories=train.cat_ids)
@@ -112,7 +256,7 @@ def run_demo(*, scale: str, out: Path, data_root: str | os.PathLike | None = Non
         executed = run_baselines_notebook(scale=scale, out=out, data_root=data_root, progress=progress)
         reports = out / "results" / "reports" / "baselines" / scale
         print((reports / "table1.csv").read_text())
-        print(f"executed notebook: {executed}\ntables and figures: {reports}")
+        print(f"executed notebook: {executed}\ntables and figures: {reports}\nthis log: {out / LOG_NAME}")
     return summary
 
 
@@ -126,4 +270,4 @@ def _table(stats: dict, kl: float, *, fold: int, percent: float) -> str:
     return "\n".join(rows)
 
 
-__all__ = ["notebooks_dir", "plot_views", "run_baselines_notebook", "run_demo"]
+__all__ = ["LOG_NAME", "RunWatch", "notebooks_dir", "plot_views", "run_baselines_notebook", "run_demo"]

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -30,17 +31,12 @@ from ssodlib.engine.distributed import DistInfo, any_rank, broadcast_module, ini
 from ssodlib.engine.ema import copy_weights, ema_update
 from ssodlib.engine.run_folder import (CONFIG_NAME, FINAL_NAME, METRICS_NAME, RESUMES_NAME, read_metrics,
                                        remove_stale_temporaries)
-from ssodlib.engine.stop import STOP_FILE_ENV, Preempted
+from ssodlib.engine.stop import STOP_FILE_ENV, Preempted, TrainingDiverged
 from ssodlib.evaluation.detector_eval import evaluate_detector
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.io import InputError, jsonable, write_json, write_text
 from ssodlib.methods import Method, RunInfo, StepContext, get_method
 from ssodlib.models.build import build_detector, detector_signature, pretrained_trunk
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite (under fp16: in more than ``MAX_SKIPPED_STEPS`` steps in a row);
-    the last good checkpoint is kept."""
 
 
 MAX_SKIPPED_STEPS = 10
@@ -122,7 +118,12 @@ def unsup_weight(config: TrainConfig, iteration: int) -> float:
 
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """SGD or AdamW over the trainable parameters, in the model's ``parameter_groups(lr)`` when it has
+    them (the DETR families' backbone and sampling-offset learning-rate multipliers)."""
+    if hasattr(model, "parameter_groups"):
+        params = model.parameter_groups(config.lr)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
@@ -223,6 +224,8 @@ class Trainer:
         resumes.jsonl, so the run folder keeps describing the run."""
         path = self.out_dir / CHECKPOINT_NAME
         theirs = checkpoint_config(ckpt, path)
+        if self.config.init_from is None and theirs.init_from is not None:  # where the run began stays recorded
+            self.config = dataclasses.replace(self.config, init_from=theirs.init_from)
         changed = config_changes(theirs, self.config)
         refused = sorted(set(changed) - set(RESUMABLE_FIELDS))
         if refused:
@@ -333,8 +336,9 @@ class Trainer:
                 step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         prior = labeled.coco.class_counts().astype(float)
         end = c.iterations if stop_at is None else min(c.iterations, stop_at)
-        bar = tqdm(total=end, initial=state.iteration, desc=f"{c.method} {c.scale}",
-                   disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
+        # off a terminal (a notebook, a log file) the bar redraws once a minute, not ten times a second
+        bar = tqdm(total=end, initial=state.iteration, desc=f"{c.method} {c.scale}", dynamic_ncols=True,
+                   disable=not (self.progress and self.dist.is_main), mininterval=0.1 if sys.stderr.isatty() else 60)
         with _StopRequest() as stop:
             last_eval = self._loop(state, step_module, loader, end, bar, prior, stop)
         bar.close()

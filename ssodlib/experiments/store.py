@@ -12,10 +12,11 @@ folder without a record resumes from its checkpoint: a crash loses at most one c
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from ssodlib.io import InputError, read_json, repository_folder, write_json
+from ssodlib.io import InputError, path_error, read_json, repository_folder, write_json
 
 RESULTS_ENV = "SSOD_RESULTS_DIR"
 
@@ -50,6 +51,16 @@ class ResultsStore:
 
     def put(self, key: str, record: dict[str, Any]) -> Path:
         return write_json(self.record_path(key), {**record, "key": key}, indent=2)
+
+    def check_writable(self) -> None:
+        """Make ``runs/`` and ``records/`` and write a file in each, so that an unwritable results folder
+        fails before any training with an :class:`InputError` naming it, not after the first run."""
+        for folder in (self.root / "runs", self.root / "records"):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                tempfile.TemporaryFile(dir=folder).close()
+            except OSError as e:
+                raise path_error(e, folder) from e
 
     def keys(self) -> list[str]:
         return sorted(p.stem for p in (self.root / "records").glob("*.json"))

@@ -15,6 +15,8 @@ The weights are built once per benchmark and cached next to it, like the benchma
 from __future__ import annotations
 
 import os
+import sys
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ssodlib.data.synth import BACKGROUND, benchmark_identity, default_data_root, object_crops, synth_config
-from ssodlib.io import InputError, atomic_write, jsonable, read_json, write_json
+from ssodlib.io import InputError, atomic_write, clock, jsonable, progress_line, read_json, write_json
 from ssodlib.models.backbones import TinyBackbone
 from ssodlib.models.detectors.faster_rcnn import FasterRCNNOptions
 
@@ -109,8 +111,9 @@ def train_crop_classifier(crops: np.ndarray, labels: np.ndarray, config: Pretrai
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.epochs * batches)
     x_all, y_all = torch.from_numpy(crops), torch.from_numpy(labels)
     losses = []
-    bar = tqdm(total=config.epochs * batches, desc="pretraining", disable=not progress, leave=False)
-    for _ in range(config.epochs):
+    bar = tqdm(total=config.epochs * batches, desc="pretraining", disable=not (progress and _terminal()), leave=False)
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
         model.train()
         order = torch.randperm(len(crops), generator=generator)
         total = 0.0
@@ -124,8 +127,23 @@ def train_crop_classifier(crops: np.ndarray, labels: np.ndarray, config: Pretrai
             total += loss.item()
             bar.update()
         losses.append(total / batches)
+        if progress:
+            _epoch_line(epoch + 1, config.epochs, losses[-1], time.perf_counter() - started)
     bar.close()
     return model, losses
+
+
+def _terminal() -> bool:
+    """Whether a progress bar is worth drawing: in a notebook kernel or a log file every redraw of it
+    stays as one more output (thousands for one build), so there the epoch lines alone report progress."""
+    return sys.stderr.isatty()
+
+
+def _epoch_line(epoch: int, epochs: int, loss: float, elapsed: float) -> None:
+    eta = elapsed / epoch * (epochs - epoch)
+    line = progress_line("pretraining the tiny backbone (epochs)", epoch, epochs, eta_seconds=eta)
+    tqdm.write(f"{line}, loss {loss:.3f}, {clock(elapsed)} so far", file=sys.stdout)  # above a terminal's bar
+    sys.stdout.flush()
 
 
 def pretrained_backbone_paths(scale: str, *, data_root: str | os.PathLike | None = None) -> tuple[Path, Path]:
@@ -154,15 +172,23 @@ def ensure_pretrained_backbone(scale: str, *, data_root: str | os.PathLike | Non
         return weights
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
     synth = synth_config(scale)
+    if progress:
+        print(f"building the pretrained tiny backbone for the {scale} benchmark (once; cached in {weights.parent}): "
+              f"object crops of {config.images + config.val_images} pretrain images, then {config.epochs} epoch(s)",
+              flush=True)
+    bars = progress and _terminal()
     crops, labels = object_crops(synth, seed=seed, count=config.images, size=config.crop_size, workers=workers,
-                                 progress=progress)
+                                 progress=bars)
     val_crops, val_labels = object_crops(synth, seed=seed, start=config.images, count=config.val_images,
-                                         size=config.crop_size, workers=workers, progress=progress)
+                                         size=config.crop_size, workers=workers, progress=bars)
     model, losses = train_crop_classifier(crops, labels, config, progress=progress)
     trunk = {k: v for k, v in model.backbone.state_dict().items() if not k.startswith("fpn.")}
     atomic_write(weights, lambda tmp: torch.save(trunk, tmp))
+    val_accuracy = accuracy(model, val_crops, val_labels)
     write_json(manifest, {"recipe": recipe, "crops": len(crops), "val_crops": len(val_crops),
-                          "epoch_losses": losses, "val_accuracy": accuracy(model, val_crops, val_labels)}, indent=2)
+                          "epoch_losses": losses, "val_accuracy": val_accuracy}, indent=2)
+    if progress:
+        print(f"pretrained tiny backbone: {100 * val_accuracy:.1f} % accuracy on held-out crops; {weights}", flush=True)
     return weights
 
 

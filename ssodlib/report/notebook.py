@@ -29,15 +29,18 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from ssodlib.config import PRESETS
 from ssodlib.experiments import run_plan
-from ssodlib.experiments.plan import RunSpec, plan_items
+from ssodlib.experiments.plan import Item, RunSpec, load_declarations, plan_items
 from ssodlib.experiments.plan import plan as ordered_runs  # `plan` names the notebook's Plan here
+from ssodlib.io import InputError
 from ssodlib.report.experiments import Report, render
 
 __all__ = ["PAPER_SPECIFIC", "Plan", "plan_runs", "render_report", "report_lines", "show_figures", "show_tables",
            "train"]
 
 PAPER_SPECIFIC = "# paper-specific"
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,7 +56,9 @@ class Plan:
 def plan_runs(paper: str, table: str, scale: str, *, folds: list[int] | None = None,
               columns: list[str] | None = None, overrides: dict[str, Any] | None = None) -> Plan:
     """The runs of ``table`` (an item id or ``"all"``) of ``paper`` at ``scale``; prints one line per
-    run: its index (``RUN_INDEX`` of an array task), table, row, column, fold and key."""
+    run: its index (``RUN_INDEX`` of an array task), table, row, column, fold and key. The notebook's
+    parameters are checked first, so a wrong one fails here with its allowed values."""
+    _check_plan_parameters(paper, table, scale, folds=folds, columns=columns, overrides=overrides)
     items = plan_items(paper, table, scale, folds=folds, columns=columns, overrides=overrides)
     runs = ordered_runs(paper, table, scale, folds=folds, columns=columns, overrides=overrides)
     for index, spec in enumerate(runs):
@@ -63,14 +68,100 @@ def plan_runs(paper: str, table: str, scale: str, *, folds: list[int] | None = N
 
 def train(plan: Plan, *, run_index: int | None = None, results_dir: str | os.PathLike | None = None,
           data_root: str | os.PathLike | None = None, device: str | None = None, processes: int = 1,
-          progress: bool = True) -> list[dict[str, Any]]:
+          progress: bool = True, jobs: int | None = None) -> list[dict[str, Any]]:
     """Train the missing runs of ``plan`` (all, only ``run_index``, or none for ``-1``) into the
-    results store; finished runs are skipped and started ones resume. Returns their records."""
+    results store, ``jobs`` of them side by side; finished runs are skipped and started ones resume.
+    ``jobs=None`` reads ``$SSOD_JOBS`` (default 1). Returns their records."""
+    _check_train_parameters(run_index=run_index, device=device, processes=processes)
+    jobs = _jobs(jobs)
     records = run_plan(plan.runs, run_index=run_index, results_dir=results_dir,
                        data_root=None if data_root is None else str(data_root), device=device, processes=processes,
-                       progress=progress)
+                       progress=progress, jobs=jobs)
     print(f"{len(records)} run(s) finished or found finished")
     return records
+
+
+def _jobs(jobs: Any) -> int:
+    """JOBS, or ``$SSOD_JOBS`` when it is None: a positive number of runs side by side."""
+    if jobs is None:
+        text = os.environ.get("SSOD_JOBS", "1")
+        if not text.isdigit() or int(text) < 1:
+            raise InputError(f"SSOD_JOBS={text!r} is not a positive number of runs. Fix: unset it, or e.g. 2.")
+        return int(text)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise InputError(f"notebook parameter JOBS = {jobs!r} is not a positive number of runs. Fix: set JOBS to "
+                         "None, 1 or more.")
+    return jobs
+
+
+def _check_plan_parameters(paper: str, table: Any, scale: Any, *, folds: Any, columns: Any, overrides: Any) -> None:
+    """SCALE, TABLE, FOLDS, COLUMNS and OVERRIDES as the parameters cell documents them."""
+    _check_choice("SCALE", scale, sorted(PRESETS))
+    decl = load_declarations(paper)
+    _check_choice("TABLE", table, ["all", *(i.id for i in decl.items)], where=decl.path)
+    if overrides is not None and not isinstance(overrides, dict):
+        raise InputError(f"notebook parameter OVERRIDES = {overrides!r} is not a dict. Fix: set OVERRIDES to None "
+                         "or a dict of TrainConfig fields, e.g. {\"iterations\": 100}.")
+    _check_folds(folds, _benchmark_folds(scale, overrides or {}))
+    items = [i for i in decl.items if scale in i.scales] if table == "all" else [decl.item(table)]
+    _check_columns(columns, items, where=decl.path)
+
+
+def _check_choice(name: str, value: Any, allowed: list[str], *, where: Any = None) -> None:
+    if not isinstance(value, str) or value not in allowed:
+        source = f" (declared in {where})" if where else ""
+        raise InputError(f"notebook parameter {name} = {value!r} is not one of {allowed}{source}. "
+                         f"Fix: set {name} to one of " + ", ".join(f'"{a}"' for a in allowed) + ".")
+
+
+def _benchmark_folds(scale: str, overrides: dict[str, Any]) -> tuple[int, ...] | None:
+    """The folds the embedded benchmark of ``scale`` has, or None where the data is COCO / VOC / files
+    the user made (their folds are whatever ``ssod data split-coco`` wrote)."""
+    dataset = overrides.get("dataset", PRESETS[scale].get("dataset", "synth"))
+    if dataset != "synth" or overrides.get("labeled_ann"):
+        return None
+    from ssodlib.data.synth import synth_config
+
+    return synth_config(scale).split_folds
+
+
+def _check_folds(folds: Any, allowed: tuple[int, ...] | None) -> None:
+    if folds is None:
+        return
+    among = f" among {list(allowed)}" if allowed else " (1 or more)"
+    fix = f"Fix: set FOLDS to None (the declared folds) or a list of folds{among}, e.g. [1]."
+    if not (isinstance(folds, (list, tuple)) and folds and all(type(f) is int for f in folds)):
+        raise InputError(f"notebook parameter FOLDS = {folds!r} is not a list of folds. {fix}")
+    wrong = [f for f in folds if f < 1 or (allowed is not None and f not in allowed)]
+    if wrong:
+        raise InputError(f"notebook parameter FOLDS = {folds!r}: the data has no fold(s) {wrong}. {fix}")
+
+
+def _check_columns(columns: Any, items: list[Item], *, where: Any) -> None:
+    if columns is None:
+        return
+    if not (isinstance(columns, (list, tuple)) and columns and all(isinstance(c, str) for c in columns)):
+        raise InputError(f"notebook parameter COLUMNS = {columns!r} is not a list of column names. Fix: set "
+                         "COLUMNS to None (the declared columns) or a list such as [\"5%\"].")
+    for item in items:
+        names = [c["name"] for c in item.columns]
+        unknown = [c for c in columns if c not in names]
+        if unknown:
+            raise InputError(f"notebook parameter COLUMNS = {columns!r}: {item.id} of {where} has no column(s) "
+                             f"{unknown}. Fix: set COLUMNS to None or a list of its columns {names}.")
+
+
+def _check_train_parameters(*, run_index: Any, device: Any, processes: Any) -> None:
+    """RUN_INDEX, DEVICE and PROCESSES as the parameters cell documents them (RUN_INDEX's range is the
+    runner's check, which knows the plan's length)."""
+    if run_index is not None and type(run_index) is not int:
+        raise InputError(f"notebook parameter RUN_INDEX = {run_index!r} is not an int. Fix: set RUN_INDEX to "
+                         "None (every missing run), a run's index from the plan's lines, or -1 (none).")
+    if device is not None:
+        _check_choice("DEVICE", device, list(DEVICES))
+    if type(processes) is not int or processes < 1:
+        raise InputError(f"notebook parameter PROCESSES = {processes!r} is not a positive int. Fix: set "
+                         "PROCESSES to 1, or to the number of GPUs per run.")
 
 
 def render_report(plan: Plan, *, results_dir: str | os.PathLike | None = None,

@@ -486,3 +486,13 @@ def test_training_leaves_the_frozen_layers_of_a_pretrained_trunk_alone(smoke_ben
 
     assert unchanged("tl3", "stem.") and unchanged("tl3", "stages.0.") and not unchanged("tl3", "stages.1.")
     assert not unchanged("tl5", "stem.") and not unchanged("tl5", "stages.0.")
+
+
+def test_resuming_by_hand_without_init_from_keeps_where_the_run_began(later_step_snapshot, smoke_config, tmp_path):
+    import dataclasses
+
+    config = _from_snapshot(later_step_snapshot, smoke_config.data_root, lr_steps=(3,))
+    Trainer(config, out_dir=tmp_path, progress=False).run(stop_at=3)
+    Trainer(dataclasses.replace(config, init_from=None), out_dir=tmp_path, resume=True, progress=False).run()
+    assert json.loads((tmp_path / "config.json").read_text())["init_from"] == str(later_step_snapshot)
+    assert not (tmp_path / "resumes.jsonl").exists()  # nothing that computes the run changed

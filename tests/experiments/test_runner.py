@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from dataclasses import dataclass
 
 import pytest
@@ -187,3 +189,67 @@ def test_the_burn_in_snapshot_is_used_only_for_a_fresh_run_folder(specs, tmp_pat
     out.mkdir(parents=True)
     (out / "checkpoint.pt").touch()
     assert runtime().init_from is None  # a started run resumes its own checkpoint
+
+
+def test_a_run_killed_after_starting_from_the_burn_in_snapshot_keeps_it_as_started_from(
+        specs, done, data_root, tmp_path):
+    sup, pl = specs
+    store = ResultsStore(tmp_path)
+    shutil.copytree(done.store.run_dir(sup.key), store.run_dir(sup.key))  # the source's folder, no record
+    snapshot = store.run_dir(sup.key) / "checkpoint-2.pt"
+    out = store.run_dir(pl.key)
+    config = _runtime_config(pl, store=store, out=out, data_root=data_root, device="cpu")
+    assert config.init_from == str(snapshot)
+    Trainer(config, out_dir=out, progress=False).run(stop_at=3)  # the job is killed at iteration 3
+    (record,) = run_plan(specs, run_index=1, results_dir=tmp_path, data_root=data_root, device="cpu",
+                         progress=False)
+    assert record["started_from"] == str(snapshot)
+    assert json.loads((out / "config.json").read_text())["init_from"] == str(snapshot)
+    assert record["final"] == done.records[1]["final"]
+
+
+def test_a_started_run_keeps_the_snapshot_its_config_json_records(specs, tmp_path):
+    pl = specs[1]
+    store = ResultsStore(tmp_path)
+    out = store.run_dir(pl.key)
+    out.mkdir(parents=True)
+    (out / "checkpoint.pt").touch()
+    (out / "config.json").write_text(json.dumps({"init_from": "/r/runs/sup/checkpoint-2.pt"}))
+    config = _runtime_config(pl, store=store, out=out, data_root=None, device="cpu")
+    assert config.init_from == "/r/runs/sup/checkpoint-2.pt"
+
+
+def test_a_results_folder_under_a_regular_file_fails_before_any_training(specs, tmp_path, monkeypatch):
+    monkeypatch.setattr(Trainer, "__init__", lambda *a, **k: pytest.fail("nothing should train"))
+    (tmp_path / "somefile").write_text("")
+    with pytest.raises(InputError, match="somefile is a regular file, not a folder"):
+        run_plan(specs, results_dir=tmp_path / "somefile" / "results", progress=False)
+
+
+def test_two_jobs_side_by_side_give_the_runs_of_one_at_a_time(specs, done, data_root, tmp_path):
+    """--jobs 2: each run in its own process, one thread each; the pseudo-label run waits for the
+    supervised twin's burn-in snapshot and starts from it, and every weight matches the sequential runs."""
+    records = run_plan(specs, results_dir=tmp_path, data_root=data_root, device="cpu", progress=False, jobs=2)
+    store = ResultsStore(tmp_path)
+    sup, pl = specs
+    assert [r["key"] for r in records] == [sup.key, pl.key]
+    assert records[1]["started_from"] == str(store.run_dir(sup.key) / "checkpoint-2.pt")
+    for spec in specs:
+        _same_state(_checkpoint(store, spec.key)["student"], _checkpoint(done.store, spec.key)["student"])
+        assert store.get(spec.key)["final"] == done.store.get(spec.key)["final"]
+        assert json.loads((store.run_dir(spec.key) / "config.json").read_text())["threads"] == 1
+    assert run_plan(specs, results_dir=tmp_path, data_root=data_root, jobs=2) == records  # all done: nothing runs
+
+
+def test_a_failing_side_by_side_run_names_its_log(specs, data_root, tmp_path):
+    broken = [dataclasses.replace(specs[0], config=dataclasses.replace(specs[0].config, labeled_ann="/no/such.json",
+                                                                        val_ann="/no/val.json", image_dir="/no"))]
+    with pytest.raises(RuntimeError, match=r"failed with exit status 2; its log: .*train.log"):
+        run_plan(broken + [specs[1]], results_dir=tmp_path, data_root=data_root, device="cpu", jobs=2)
+    log = (ResultsStore(tmp_path).run_dir(broken[0].key) / "train.log").read_text()
+    assert "ssod: error:" in log and "/no/such.json" in log
+
+
+def test_jobs_must_be_a_positive_number(specs, tmp_path):
+    with pytest.raises(InputError, match="jobs=0 is not a positive number of runs"):
+        run_plan(specs, results_dir=tmp_path, jobs=0)

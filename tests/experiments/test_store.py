@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
+import tempfile
 
 import pytest
 
@@ -58,3 +61,30 @@ def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "records").iterdir()) == ["a-1.json"]  # no temp file, no half record
     assert json.loads(store.record_path("a-1").read_text()) == {"fold": 2, "key": "a-1"}
     assert store.keys() == ["a-1"] and not store.is_complete("b-2")
+
+
+def test_a_results_folder_under_a_regular_file_is_an_input_error_naming_it(tmp_path):
+    (tmp_path / "somefile").write_text("")
+    store = ResultsStore(tmp_path / "somefile" / "results")
+    with pytest.raises(InputError, match=r"Not a directory .*Fix: .*somefile is a regular file") as e:
+        store.check_writable()
+    assert str(e.value).startswith(str(store.root / "runs"))
+
+
+def test_an_unwritable_results_folder_is_an_input_error_naming_it(tmp_path, monkeypatch):
+    def denied(*args, dir=None, **kwargs):  # what a read-only folder answers (root is never denied)
+        raise PermissionError(errno.EACCES, "Permission denied", dir)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", denied)
+    with pytest.raises(InputError, match="Permission denied .*Fix: choose a folder you can write to") as e:
+        ResultsStore(tmp_path).check_writable()
+    assert str(e.value).startswith(str(tmp_path / "runs"))
+
+
+def test_records_are_readable_by_the_group_and_others_with_umask_022(tmp_path):
+    before = os.umask(0o022)
+    try:
+        path = ResultsStore(tmp_path).put("a-1", {"fold": 1})
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

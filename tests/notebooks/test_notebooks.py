@@ -122,7 +122,7 @@ def test_template_check_flags_code_outside_the_module():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_regression_at_smoke_scale(path, smoke_benchmark, tmp_path):
-    env = {**os.environ, "SSOD_RESULTS_DIR": str(tmp_path / "results"), "TQDM_DISABLE": "1",
+    env = {**os.environ, "SSOD_RESULTS_DIR": str(tmp_path / "results"), "TQDM_DISABLE": "1", "SSOD_JOBS": "2",
            "SSOD_DATA_ROOT": str(smoke_benchmark.root.parent), "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--sanitize-with",
            str(SANITIZE), str(path)]
