@@ -71,6 +71,23 @@ def run_once(source: Path, out: Path, overrides: dict, threads: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def snapshot_for(source: Path, snapshot: Path, tmp: Path) -> Path:
+    """The burn-in snapshot as ``source``'s code reads it: revisions before detector options (no
+    ``ssodlib/config.py``) read the Faster R-CNN knobs as top-level configuration fields."""
+    if (source / "ssodlib" / "config.py").is_file():
+        return snapshot
+    import torch
+
+    ckpt = torch.load(snapshot, map_location="cpu", weights_only=True)
+    config = ckpt["config"]
+    config.update(config.pop("detector_options", {}))
+    config.pop("detector", None)
+    legacy = tmp / "legacy-snapshot" / snapshot.name
+    legacy.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, legacy)
+    return legacy
+
+
 def split(figures: dict) -> dict:
     rest = figures["total"] - figures["step"] - figures["evaluate"] - figures["save"]
     return {"training steps": figures["step"], "evaluation": figures["evaluate"], "checkpoints": figures["save"],
@@ -110,7 +127,8 @@ def main() -> None:
         aps: dict[str, list[str]] = {name: [] for name in sources}
         for r in range(args.rounds):
             for k, (name, source) in enumerate(sources.items()):
-                figures = run_once(source, tmp / f"run-{k}-{r}", overrides, args.threads)
+                own = {**overrides, "init_from": str(snapshot_for(source, Path(snapshot).resolve(), tmp))}
+                figures = run_once(source, tmp / f"run-{k}-{r}", own, args.threads)
                 results[name].append(split(figures))
                 aps[name].append(f"{100 * figures['ap']:.2f} ({figures['model']})")
                 print(f"round {r + 1}: {name} {figures['total']:.1f} s, AP {aps[name][-1]}", file=sys.stderr)

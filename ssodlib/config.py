@@ -262,7 +262,11 @@ def train_config(scale: str, **overrides: Any) -> TrainConfig:
         if given is not None and not isinstance(given, dict):
             raise InputError(f"{name} must be a mapping of option names to values, got {given!r}. "
                              f"Fix: e.g. --set {name}.KEY=VALUE.")
-        values[name] = {**preset.get(name, {}), **(given or {})}
+        inherited = preset.get(name, {})
+        family, preset_family = values.get("detector", "faster_rcnn"), preset.get("detector", "faster_rcnn")
+        if name == "detector_options" and family != preset_family:
+            inherited = {}  # a preset's detector options belong to its detector family
+        values[name] = {**inherited, **(given or {})}
     return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
 
 

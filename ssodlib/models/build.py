@@ -18,6 +18,8 @@ from torch import nn
 
 from ssodlib.config import TrainConfig
 from ssodlib.io import InputError
+from ssodlib.models.detectors.deformable_detr import DeformableDETROptions, build_deformable_detr
+from ssodlib.models.detectors.dino import DINOOptions, build_dino
 from ssodlib.models.detectors.faster_rcnn import DetectorConfig, FasterRCNN, FasterRCNNOptions
 from ssodlib.models.pretrain import ensure_pretrained_backbone
 
@@ -43,6 +45,8 @@ class DetectorFamily:
 
 DETECTOR_FAMILIES: dict[str, DetectorFamily] = {
     "faster_rcnn": DetectorFamily("faster_rcnn", FasterRCNNOptions, _build_faster_rcnn),
+    "deformable_detr": DetectorFamily("deformable_detr", DeformableDETROptions, build_deformable_detr),
+    "dino": DetectorFamily("dino", DINOOptions, build_dino),
 }
 
 

@@ -1,6 +1,6 @@
 """The detector interface the engine and evaluation rely on, and the outputs every family shares.
 
-A detector family (``faster_rcnn.py``; a DETR family next) is an ``nn.Module`` that implements
+A detector family (``faster_rcnn.py``, ``deformable_detr.py``, ``dino.py``) is an ``nn.Module`` that implements
 :class:`Detector`; :func:`ssodlib.models.build.build_detector` builds one from a run's configuration.
 The trainer and evaluation call nothing else; methods reach further into their family's stages.
 """
