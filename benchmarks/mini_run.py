@@ -42,10 +42,12 @@ def timed(name, fn):
 T.Trainer._step = timed("step", T.Trainer._step)
 T.Trainer.evaluate = timed("evaluate", T.Trainer.evaluate)
 T.Trainer._save = timed("save", T.Trainer._save)
-try:
-    from ssodlib.config import train_config
-except ImportError:  # revisions before ssodlib/config.py
-    from ssodlib.engine.config import train_config
+import importlib, os
+# revisions before ssodlib/config.py kept it in the engine; ask by file, since an editable install would
+# serve a module the revision lacks from the working tree
+config_module = "ssodlib.config" if os.path.exists(os.path.join(sys.argv[1], "ssodlib", "config.py")) else "ssodlib.engine.config"
+train_config = importlib.import_module(config_module).train_config
+assert T.__file__.startswith(sys.argv[1]), (T.__file__, sys.argv[1])
 overrides = json.loads(sys.argv[3])
 start = time.perf_counter()
 final = T.Trainer(train_config("mini", **overrides), out_dir=sys.argv[2], progress=False).run()

@@ -77,6 +77,10 @@ DEMO_COLUMNS = {"smoke": ["10%"], "mini": ["5%"]}
 LOG_NAME = "demo.log"
 # the kernel's progress bars redraw at most once a minute: each redraw stays in the executed notebook
 KERNEL_ENV = {"TQDM_MININTERVAL": "60"}
+# the supervised run and the pseudo-label run side by side, one core each: the second starts from the
+# first's burn-in snapshot as soon as it exists (on 2 cores one run gains only ~1.3x from a second thread;
+# docs/results/performance.md)
+DEMO_JOBS = 2
 
 
 def run_baselines_notebook(*, scale: str, out: Path, data_root: str | os.PathLike | None = None,
@@ -88,7 +92,7 @@ def run_baselines_notebook(*, scale: str, out: Path, data_root: str | os.PathLik
     source = notebooks_dir() / "baselines.ipynb"
     executed = out / "notebooks" / f"baselines-{scale}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
-    params = dict(TABLE="all", SCALE=scale, FOLDS=[1], COLUMNS=DEMO_COLUMNS[scale],
+    params = dict(TABLE="all", SCALE=scale, FOLDS=[1], COLUMNS=DEMO_COLUMNS[scale], JOBS=DEMO_JOBS,
                   RESULTS_DIR=str((out / "results").resolve()),
                   DATA_ROOT=str(Path(data_root).resolve()) if data_root else None)
     specs = plan("baselines", params["TABLE"], scale, folds=params["FOLDS"], columns=params["COLUMNS"])
