@@ -46,6 +46,20 @@ class Detections:
     extra: dict = field(default_factory=dict)
 
 
+def normalise_and_pad(images: Sequence[Tensor], *, mean: Tensor, std: Tensor, size_divisible: int) -> ImageBatch:
+    """``(3, h, w)`` uint8 (or 0-255 float) images normalised by ``(3, 1, 1)`` ``mean`` / ``std`` and
+    zero-padded at the bottom and right to one ``(B, 3, H, W)`` batch, ``H`` and ``W`` multiples of
+    ``size_divisible`` (no resizing: the views did that), on ``mean``'s device."""
+    sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+    h = -(-max(s[0] for s in sizes) // size_divisible) * size_divisible
+    w = -(-max(s[1] for s in sizes) // size_divisible) * size_divisible
+    batch = mean.new_zeros((len(images), 3, h, w))
+    for i, im in enumerate(images):
+        im = im.to(mean.device, non_blocking=True).float()
+        batch[i, :, : im.shape[-2], : im.shape[-1]] = (im - mean) / std
+    return ImageBatch(batch, sizes)
+
+
 @runtime_checkable
 class Detector(Protocol):
     """What the engine (training steps, checkpoints) and evaluation call on a detector of any family."""

@@ -33,7 +33,7 @@ from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes
 from ssodlib.config import Rule, check_fields, check_ranges
 from ssodlib.io import InputError
 from ssodlib.models.backbones import BACKBONES, FPN_STRIDES, build_backbone, resolve_trainable_layers
-from ssodlib.models.detectors.base import Detections, ImageBatch
+from ssodlib.models.detectors.base import Detections, ImageBatch, normalise_and_pad
 from ssodlib.models.losses import box_regression_loss, softmax_focal_loss
 from ssodlib.models.nms import nms_clusters
 
@@ -196,15 +196,8 @@ class FasterRCNN(nn.Module):
     # -- input ----------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Tensor]) -> ImageBatch:
         """Normalise ``(3, h, w)`` uint8 (or 0-255 float) images and pad them into one batch."""
-        d = self.config.size_divisible
-        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        h = -(-max(s[0] for s in sizes) // d) * d
-        w = -(-max(s[1] for s in sizes) // d) * d
-        batch = self.pixel_mean.new_zeros((len(images), 3, h, w))
-        for i, im in enumerate(images):
-            im = im.to(self.pixel_mean.device, non_blocking=True).float()
-            batch[i, :, : im.shape[-2], : im.shape[-1]] = (im - self.pixel_mean) / self.pixel_std
-        return ImageBatch(batch, sizes)
+        return normalise_and_pad(images, mean=self.pixel_mean, std=self.pixel_std,
+                                 size_divisible=self.config.size_divisible)
 
     def features(self, batch: ImageBatch) -> dict[str, Tensor]:
         return self.backbone(batch.tensors)

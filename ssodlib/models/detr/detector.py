@@ -41,7 +41,7 @@ from torchvision.ops import batched_nms, clip_boxes_to_image
 from ssodlib.config import Rule, check_fields, check_ranges
 from ssodlib.io import InputError
 from ssodlib.models.backbones import BACKBONES, resolve_trainable_layers
-from ssodlib.models.detectors.base import Detections, ImageBatch
+from ssodlib.models.detectors.base import Detections, ImageBatch, normalise_and_pad
 from ssodlib.models.detr.attention import MultiScaleDeformableAttention
 from ssodlib.models.detr.boxes import denormalize_boxes, normalize_boxes
 from ssodlib.models.detr.losses import LossWeights, average_count, set_losses
@@ -298,15 +298,8 @@ class DETRBase(nn.Module):
     # -- input and features -------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Tensor]) -> ImageBatch:
         """Normalise ``(3, h, w)`` uint8 (or 0-255 float) images and zero-pad them into one batch."""
-        d = self.options.size_divisible
-        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        h = -(-max(s[0] for s in sizes) // d) * d
-        w = -(-max(s[1] for s in sizes) // d) * d
-        batch = self.pixel_mean.new_zeros((len(images), 3, h, w))
-        for i, im in enumerate(images):
-            im = im.to(self.pixel_mean.device, non_blocking=True).float()
-            batch[i, :, : im.shape[-2], : im.shape[-1]] = (im - self.pixel_mean) / self.pixel_std
-        return ImageBatch(batch, sizes)
+        return normalise_and_pad(images, mean=self.pixel_mean, std=self.pixel_std,
+                                 size_divisible=self.options.size_divisible)
 
     @staticmethod
     def pixel_mask(batch: ImageBatch) -> Tensor:
