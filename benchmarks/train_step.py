@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                       # CPU: ResNet-18 FPN, 256 px, 1 + 4 images
     python benchmarks/train_step.py --device cuda --backbone resnet50 --size 800 --amp bf16
+    python benchmarks/train_step.py --matched --pretrained   # the detector settings of mmdetection's SoftTeacher
 
 Setting (CPU default): 10 classes, 1 labeled + 4 unlabeled images per step; the supervised step
 trains on the same 5 images with their labels; the pseudo_label step runs the teacher on the 4 weak
@@ -61,10 +62,14 @@ def measure(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    config = TrainConfig(detector="faster_rcnn", detector_options=dict(
-        backbone=args.backbone, fpn_channels=args.fpn_channels, representation_size=args.representation_size,
-        anchor_sizes=(16, 32, 64, 128, 256), rpn_pre_nms_top_n=(1000, 500), rpn_post_nms_top_n=(500, 300),
-        roi_batch_size=256))
+    options = dict(backbone=args.backbone, fpn_channels=args.fpn_channels,
+                   representation_size=args.representation_size, anchor_sizes=(16, 32, 64, 128, 256),
+                   rpn_pre_nms_top_n=(1000, 500), rpn_post_nms_top_n=(500, 300), roi_batch_size=256)
+    if args.matched:  # mmdetection's SoftTeacher defaults, to compare with it as a peer
+        options.update(fpn_channels=256, representation_size=1024, roi_batch_size=512)
+        if args.pretrained:  # ImageNet weights, stem and first stage frozen
+            options.update(pretrained=True, trainable_layers=3)
+    config = TrainConfig(detector="faster_rcnn", detector_options=options)
     student = build_detector(config, args.classes).to(device)
     teacher = build_detector(config, args.classes).to(device).eval()
     teacher.load_state_dict(student.state_dict())
@@ -114,6 +119,9 @@ def main() -> None:
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--matched", action="store_true",
+                   help="the peer setting: FPN 256, a 1024-wide box head, 512 RoIs per image (mmdetection's defaults)")
+    p.add_argument("--pretrained", action="store_true", help="with --matched: ImageNet weights, frozen stem")
     p.add_argument("--methods", default=None, help="comma-separated method names (default: every registered one)")
     p.add_argument("--mode", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -130,7 +138,7 @@ def main() -> None:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         results[mode] = json.loads(out)
     s = results["supervised"]
-    print(f"{args.backbone} FPN, {args.size} px, {args.classes} classes, 1 labeled + 4 unlabeled, "
+    print(f"{args.backbone} FPN{' (matched setting)' if args.matched else ''}, {args.size} px, {args.classes} classes, 1 labeled + 4 unlabeled, "
           f"{args.device}, {args.threads} threads, amp {args.amp}")
     for r in results.values():
         print(f"  {r['mode']:<13} {r['sec_per_step']:.3f} s/step   peak {r['peak_mib']:.0f} MiB   "
