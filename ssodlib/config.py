@@ -267,14 +267,7 @@ def train_config(scale: str, **overrides: Any) -> TrainConfig:
         if name == "detector_options" and family != preset_family:
             inherited = {}  # a preset's detector options belong to its detector family
         values[name] = {**inherited, **(given or {})}
-    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
-
-
-def _coerce(name: str, value: Any) -> Any:
-    default = next(f for f in dataclasses.fields(TrainConfig) if f.name == name).default
-    if isinstance(default, tuple) and isinstance(value, list):
-        return tuple(value)
-    return value
+    return TrainConfig(**values)  # __post_init__ checks every field and makes YAML lists tuples
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

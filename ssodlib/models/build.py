@@ -57,8 +57,8 @@ def detector_family(name: str) -> DetectorFamily:
 
 
 def detector_options(config: TrainConfig) -> Any:
-    """The family's options dataclass with ``config.detector_options`` applied (lists become tuples
-    where the field's default is a tuple, as YAML has no tuples)."""
+    """The family's options dataclass with ``config.detector_options`` applied and checked (its
+    ``check`` also makes YAML lists tuples where a field is a tuple)."""
     family = detector_family(config.detector)
     fields = {f.name: f for f in dataclasses.fields(family.options)}
     given = dict(config.detector_options or {})
@@ -66,9 +66,6 @@ def detector_options(config: TrainConfig) -> Any:
     if unknown:
         raise InputError(f"detector {config.detector!r} has no option(s) {unknown}. Fix: choose from "
                          f"{sorted(fields)}.")
-    for name, value in given.items():
-        if isinstance(value, list) and isinstance(fields[name].default, tuple):
-            given[name] = tuple(value)
     options = family.options(**given)
     if hasattr(options, "check"):
         options.check()
