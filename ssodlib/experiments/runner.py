@@ -20,6 +20,7 @@ from ssodlib.engine.run_folder import CHECKPOINT_NAME, CONFIG_NAME, FINAL_NAME
 from ssodlib.config import config_dict
 from ssodlib.engine.trainer import Trainer
 from ssodlib.experiments.plan import RunSpec, with_runtime
+from ssodlib.experiments.provenance import code_commit, machine
 from ssodlib.experiments.store import ResultsStore
 from ssodlib.io import InputError, read_json, write_json
 
@@ -73,7 +74,8 @@ def _put_record(spec: RunSpec, config, final: dict[str, Any], *, store: ResultsS
     record = {"paper": spec.paper, "item": spec.item, "row": spec.row, "column": spec.column, "fold": spec.fold,
               "config": config_dict(spec.config), "final": final, "run_dir": str(out.relative_to(store.root)),
               "wall_seconds": seconds, "processes": processes, "host": platform.node(),
-              "torch": torch.__version__, "device": config.device,
+              "torch": torch.__version__, "device": config.device, "threads": config.threads,
+              "commit": code_commit(), "machine": machine(config.device),
               "started_from": config.init_from and str(config.init_from)}
     store.put(spec.key, record)
     return store.get(spec.key)  # as a later call returns it: with its key, tuples as lists
