@@ -74,6 +74,9 @@ class TrainConfig:
     # the run starts at its iteration (LabelMatch's protocol: one supervised burn-in serves every method)
     eval_every: int = 500
     eval_images: int | None = None  # evaluate on the first N validation images (None: all)
+    # a teacher-student run evaluates the teacher at every evaluation and the student beside it only
+    # at the end ("final": the numbers the papers report, for ~40 % less evaluation) or every time ("every")
+    eval_student: str = "final"
     checkpoint_every: int = 250
     log_every: int = 20
 
@@ -179,7 +182,8 @@ TRAIN_CONFIG_RULES: dict[str, Rule] = {
     "grad_clip": POSITIVE, "ema_keep_rate": Rule(low=0, high=1), "unsup_weight": NON_NEGATIVE,
     "unsup_warmup": NON_NEGATIVE, "device": Rule(choices=("auto", "cpu", "cuda"), pattern=r"cuda:\d+"),
     "amp": Rule(choices=("none", "bf16", "fp16")), "num_workers": NON_NEGATIVE, "threads": Rule(low=1),
-    "snapshots": NON_NEGATIVE, "eval_every": POSITIVE, "eval_images": Rule(low=1), "checkpoint_every": POSITIVE,
+    "snapshots": NON_NEGATIVE, "eval_every": POSITIVE, "eval_images": Rule(low=1),
+    "eval_student": Rule(choices=("final", "every")), "checkpoint_every": POSITIVE,
     "log_every": POSITIVE,
 }
 
@@ -296,7 +300,8 @@ def config_dict(config: TrainConfig) -> dict[str, Any]:
 
 # fields a resumed run may change: where and how it runs and reports, and a longer schedule's end
 # (the learning-rate steps stay, so the iterations already trained are the same computation)
-RESUMABLE_FIELDS = ("data_root", "device", "num_workers", "threads", "eval_every", "eval_images", "checkpoint_every",
+RESUMABLE_FIELDS = ("data_root", "device", "num_workers", "threads", "eval_every", "eval_images", "eval_student",
+                    "checkpoint_every",
                     "log_every", "snapshots", "init_from", "iterations")
 
 # fields two runs must share for one to continue from the other's snapshot (with every detector option)

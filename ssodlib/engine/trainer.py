@@ -282,14 +282,17 @@ class Trainer:
             write_text(path, "".join(line + "\n" for line in kept))
 
     # -- evaluation -----------------------------------------------------------------------------
-    def evaluate(self, state: _State) -> dict[str, Any]:
-        """COCO metrics of the student and (after burn-in) the teacher: every rank detects on its shard
-        of the validation images, the main rank scores them (the others return ``{}``)."""
+    def evaluate(self, state: _State, *, final: bool = True) -> dict[str, Any]:
+        """COCO metrics of the student and (after burn-in) the teacher; before the end (``final=False``)
+        of the teacher only unless ``eval_student`` is "every". Every rank detects on its shard of the
+        validation images, the main rank scores them (the others return ``{}``)."""
         c = self.config
         out: dict[str, Any] = {}
         models = {"student": state.student}
         if state.teacher is not None and state.iteration > c.burn_in:  # teacher := student happens at step burn_in
             models["teacher"] = state.teacher
+            if not final and c.eval_student == "final":
+                del models["student"]
         for name, model in models.items():
             metrics = evaluate_detector(model, ann_file=self.files.val_ann, image_dir=self.files.val_images,
                                         test_scale=c.test_scale, max_size=c.max_size, device=self.device,
@@ -382,7 +385,7 @@ class Trainer:
                 stats = PseudoLabelStats(num_classes=num_classes, labeled_class_prior=prior)
             if done % c.eval_every == 0 or done == c.iterations:
                 start = time.perf_counter()
-                last_eval = (done, self.evaluate(state))
+                last_eval = (done, self.evaluate(state, final=done == c.iterations))
                 seconds = time.perf_counter() - start
                 aside += seconds
                 self._log({"iteration": done, "kind": "eval", **last_eval[1], "eval_seconds": round(seconds, 3)})

@@ -51,7 +51,7 @@ from ssodlib.config import TrainConfig, config_dict, load_yaml, train_config
 from ssodlib.io import InputError, repository_folder
 
 # fields that change where or how fast a run goes, never what it computes: not part of a run's key
-RUNTIME_FIELDS = frozenset({"data_root", "device", "num_workers", "threads", "eval_every", "checkpoint_every",
+RUNTIME_FIELDS = frozenset({"data_root", "device", "num_workers", "threads", "eval_every", "eval_student", "checkpoint_every",
                             "log_every", "init_from", "snapshots"})
 
 # (required, optional) keys of each part of a declaration, as the module docstring describes them

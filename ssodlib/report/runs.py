@@ -44,7 +44,7 @@ def eval_curves(run_dirs: Sequence[str | os.PathLike], *, model: str = "teacher"
     names = list(names) if names else _names(run_dirs)
     series = {}
     for name, run_dir in zip(names, run_dirs):
-        evals = _eval_records(run_dir)
+        evals = [r for r in _eval_records(run_dir) if _evaluated(r, model)]
         series[name] = pd.Series({r["iteration"]: 100 * _model_metric(r, model, metric, run_dir) for r in evals},
                                  dtype=float)
     frame = pd.DataFrame(series).sort_index()
@@ -77,6 +77,12 @@ def per_class_ap(run_dirs: Sequence[str | os.PathLike], *, model: str = "teacher
 
 def _eval_records(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return [r for r in run_records(run_dir) if r.get("kind") == "eval"]
+
+
+def _evaluated(record: dict[str, Any], model: str) -> bool:
+    """Whether an evaluation has ``model``'s metrics, or the student's where the run has no teacher (a
+    teacher-student run's intermediate evaluations may have the teacher only: ``eval_student``)."""
+    return model in record or ("teacher" not in record and "student" in record)
 
 
 def _model_metrics(record: dict[str, Any], model: str) -> dict[str, Any]:

@@ -164,9 +164,9 @@ def test_sec_per_iter_leaves_the_evaluation_out(smoke_config, tmp_path, monkeypa
 
     original = Trainer.evaluate
 
-    def slow_evaluate(self, state):
+    def slow_evaluate(self, state, **kwargs):
         time_module.sleep(1.0)
-        return original(self, state)
+        return original(self, state, **kwargs)
 
     monkeypatch.setattr(Trainer, "evaluate", slow_evaluate)
     cfg = train_config("smoke", data_root=smoke_config.data_root, method="supervised", iterations=4, eval_every=2,
@@ -177,6 +177,20 @@ def test_sec_per_iter_leaves_the_evaluation_out(smoke_config, tmp_path, monkeypa
     assert [r["iteration"] for r in evals] == [2, 4] and all(r["eval_seconds"] >= 1.0 for r in evals)
     after_eval = [r for r in records if r["kind"] == "train" and r["iteration"] == 4][0]
     assert after_eval["sec_per_iter"] < 0.5  # the 1 s evaluation at iteration 2 is not in this window
+
+
+@pytest.mark.parametrize("eval_student, interim", [("final", {"teacher"}), ("every", {"student", "teacher"})])
+def test_intermediate_evaluations_of_a_mean_teacher_skip_the_student_unless_asked(smoke_config, tmp_path,
+                                                                                   eval_student, interim):
+    cfg = train_config("smoke", data_root=smoke_config.data_root, iterations=6, burn_in=2, eval_every=2,
+                       checkpoint_every=100, log_every=2, threads=1, eval_student=eval_student)
+    assert train_config("smoke").eval_student == "final"  # the default
+    Trainer(cfg, out_dir=tmp_path, progress=False).run()
+    evals = {r["iteration"]: set(r) & {"student", "teacher"} for r in read_metrics(tmp_path) if r["kind"] == "eval"}
+    # at the burn-in's end (2) there is no teacher yet; the last evaluation (6) has both models
+    assert evals == {2: {"student"}, 4: interim, 6: {"student", "teacher"}}
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert {"student", "teacher"} <= set(final)
 
 
 def test_resuming_with_a_configuration_that_computes_something_else_lists_the_differing_fields(smoke_config,

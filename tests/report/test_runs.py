@@ -48,6 +48,14 @@ def test_curves_of_the_student_and_another_metric(runs):
     assert curves.loc[200].tolist() == pytest.approx([40.0, 44.0, 4.0])
 
 
+def test_student_curves_skip_intermediate_evaluations_of_the_teacher_only(tmp_path):
+    """eval_student="final": a mean teacher's intermediate evaluations have the teacher only."""
+    teacher_only = {"iteration": 200, "kind": "eval", "teacher": {"ap": 0.25}}
+    pl = _run(tmp_path / "pl", [_eval(100, 0.10), teacher_only, _eval(300, 0.30, teacher=0.31)])
+    assert eval_curves([pl], model="student")["pl"].to_dict() == pytest.approx({100: 10.0, 300: 30.0})
+    assert eval_curves([pl], model="teacher")["pl"].to_dict() == pytest.approx({100: 10.0, 200: 25.0, 300: 31.0})
+
+
 def test_pseudo_label_summary_averages_the_diagnostics_of_runs_that_logged_them(runs):
     # the window with no pseudo-labelled images is not averaged in
     summary = pseudo_label_summary(runs)

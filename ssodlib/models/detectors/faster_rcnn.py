@@ -28,7 +28,7 @@ from torchvision.models.detection._utils import BalancedPositiveNegativeSampler,
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.rpn import RPNHead, concat_box_prediction_layers
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes, roi_align
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, remove_small_boxes
 
 from ssodlib.config import Rule, check_fields, check_ranges
 from ssodlib.io import InputError
@@ -36,6 +36,7 @@ from ssodlib.models.backbones import BACKBONES, FPN_STRIDES, build_backbone, res
 from ssodlib.models.detectors.base import Detections, ImageBatch, normalise_and_pad
 from ssodlib.models.losses import box_regression_loss, softmax_focal_loss
 from ssodlib.models.nms import nms_clusters
+from ssodlib.models.roi_align import MultiScaleRoIAlign, roi_align
 
 
 @dataclass(frozen=True, kw_only=True)
