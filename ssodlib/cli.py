@@ -217,10 +217,30 @@ def _cmd_experiments_report(args: argparse.Namespace) -> None:
     from ssodlib.report.experiments import render
 
     items = plan_items(args.paper, args.table, args.scale, **_experiment_args(args))
-    report = render(items, paper=args.paper, scale=args.scale, results_dir=args.results_dir, out_dir=args.out)
+    report = render(items, paper=args.paper, scale=args.scale, results_dir=args.results_dir, out_dir=args.out,
+                    shipped=not args.no_shipped)
     for name, frame in report.tables.items():
         print(f"== {name}\n{frame.to_string(index=False)}\n")
     print(f"report files in {report.out_dir}")
+
+
+def _cmd_experiments_export(args: argparse.Namespace) -> None:
+    from ssodlib.experiments import plan
+    from ssodlib.experiments.shipped import export, shipped_dir
+    from ssodlib.experiments.store import ResultsStore
+
+    specs = plan(args.paper, args.table, args.scale, **_experiment_args(args))
+    to = args.to or shipped_dir(args.paper, args.scale)
+    command = f"ssod experiments export --paper {args.paper} --table {args.table} --scale {args.scale}"
+    done = export(specs, store=ResultsStore(args.results_dir), to=to, command=command)
+    print(f"{len(done['exported'])} record(s) exported to {to}; {len(done['missing'])} planned run(s) not finished")
+
+
+def _cmd_experiments_page(args: argparse.Namespace) -> None:
+    from ssodlib.report.page import write_page
+
+    path = write_page(args.paper, scales=args.scales.split(","))
+    print(f"wrote {path}")
 
 
 def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
@@ -239,7 +259,9 @@ def _add_experiment_parsers(sub: argparse._SubParsersAction) -> None:
         dest="experiments_command", required=True)
     for name, func, helptext in (("list", _cmd_experiments_list, "list the planned runs and whether they are done"),
                                  ("run", _cmd_experiments_run, "run missing runs (all, or one with --index)"),
-                                 ("report", _cmd_experiments_report, "tables and figures from the results store")):
+                                 ("report", _cmd_experiments_report, "tables and figures from the results store"),
+                                 ("export", _cmd_experiments_export,
+                                  "copy finished records into papers/PAPER/results/SCALE (shipped)")):
         p = exp.add_parser(name, help=helptext)
         _add_plan_arguments(p)
         p.set_defaults(func=func)
@@ -254,6 +276,14 @@ def _add_experiment_parsers(sub: argparse._SubParsersAction) -> None:
                            help="runs side by side, the cores split between them (each a process)")
         if name == "report":
             p.add_argument("--out", type=Path, default=None, help="default: RESULTS/reports/PAPER/SCALE")
+            p.add_argument("--no-shipped", action="store_true",
+                           help="leave out the shipped records of papers/PAPER/results/SCALE (default: under yours)")
+        if name == "export":
+            p.add_argument("--to", type=Path, default=None, help="default: papers/PAPER/results/SCALE")
+    p = exp.add_parser("page", help="generate the measured part of papers/PAPER/README.md from its shipped records")
+    p.add_argument("--paper", required=True)
+    p.add_argument("--scales", default="mini", help="comma-separated scales with shipped records")
+    p.set_defaults(func=_cmd_experiments_page)
 
 
 def _cmd_slurm_submit(args: argparse.Namespace) -> None:

@@ -89,7 +89,7 @@ def test_experiments_list_counts_and_shows_what_is_done(tmp_path, capsys, monkey
     assert capsys.readouterr().out == f"{len(specs)}\n" and len(specs) == 2
     assert main(["experiments", "list", "--paper", "baselines", "--scale", "mini", "--table", "table1", "--folds", "1",
                  "--count"]) == 0
-    assert capsys.readouterr().out == "4\n"  # 2 rows x 2 columns x 1 fold
+    assert capsys.readouterr().out == "12\n"  # 2 rows x 2 columns x 1 fold x 3 seeds
     ResultsStore(tmp_path).put(specs[0].key, {"final": {}})
     assert main(["experiments", "list", "--paper", "baselines", "--scale", "smoke", "--results-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()

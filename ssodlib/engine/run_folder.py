@@ -8,6 +8,7 @@ a resume changed, if anything) and the checkpoints
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -21,9 +22,17 @@ RESUMES_NAME = "resumes.jsonl"  # one record per resume that changed a field of 
 
 
 def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of ``out_dir/metrics.jsonl`` in order (empty when there is none)."""
+    """The records of ``out_dir/metrics.jsonl`` in order, or of ``metrics.jsonl.gz`` (a shipped run:
+    ``ssodlib.experiments.shipped``); empty when there is neither."""
     path = Path(out_dir) / METRICS_NAME
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.is_file() else []
+    packed = path.with_name(METRICS_NAME + ".gz")
+    if path.is_file():
+        text = path.read_text()
+    elif packed.is_file():
+        text = gzip.decompress(packed.read_bytes()).decode()
+    else:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line]
 
 
 def remove_stale_temporaries(out_dir: str | os.PathLike) -> list[Path]:

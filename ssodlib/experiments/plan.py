@@ -1,7 +1,7 @@
 """Tables and figures as data: ``papers/<paper>/experiments.yaml`` declares, for each table or figure
 id, the runs it needs at each scale. The same declaration drives notebooks, SLURM arrays and reports.
 
-A declaration (one item; rows x columns x folds is the set of runs)::
+A declaration (one item; rows x columns x folds x seeds is the set of runs)::
 
     items:
       - id: table1
@@ -21,7 +21,7 @@ A declaration (one item; rows x columns x folds is the set of runs)::
             set: {percent: 5}
         scales:
           smoke: {columns: ["10%"], folds: [1]}
-          mini: {columns: ["1%", "5%"], folds: [1, 2]}
+          mini: {columns: ["1%", "5%"], folds: [1, 2], seeds: [0, 1, 2]}   # seeds: default [0]
           paper: {columns: ["1%", "5%", "10%"], folds: [1, 2, 3, 4, 5], set: {...},
                   method_options: {labelmatch: {act_interval: 1000}}}   # options of one method's rows
 
@@ -60,7 +60,7 @@ ITEM_KEYS = (frozenset({"id", "rows", "columns", "scales"}), frozenset({"kind", 
 ROW_KEYS = (frozenset({"name", "method"}), frozenset({"set", "burn_in_from", "reference"}))
 REFERENCE_KEYS = (frozenset({"paper", "item", "row"}), frozenset({"columns"}))
 COLUMN_KEYS = (frozenset({"name"}), frozenset({"set", "metric"}))
-SCALE_KEYS = (frozenset(), frozenset({"columns", "folds", "set", "method_options"}))
+SCALE_KEYS = (frozenset(), frozenset({"columns", "folds", "seeds", "set", "method_options"}))
 SCHEMA = "the schema in ssodlib/experiments/plan.py"
 
 
@@ -92,8 +92,13 @@ class RunSpec:
     def key(self) -> str:
         return run_key(self.config)
 
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
     def describe(self) -> str:
-        return f"{self.item} | {self.row} | {self.column} | fold {self.fold} | {self.key}"
+        seed = f" | seed {self.seed}" if self.seed else ""  # seed 0 unnamed: the lines of plans before seeds
+        return f"{self.item} | {self.row} | {self.column} | fold {self.fold}{seed} | {self.key}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,6 +207,10 @@ def _check_scales(path: Path, where: str, scales: Any) -> None:
         _check_keys(path, f"{where}, scale {scale!r}", at_scale, SCALE_KEYS)
         _check_folds(at_scale.get("folds", [1]), f"{path}: malformed {where}, scale {scale!r}: folds",
                      fix="list folds from 1, e.g. folds: [1, 2]")
+        seeds = at_scale.get("seeds", [0])
+        if not (isinstance(seeds, list) and seeds and all(type(x) is int and x >= 0 for x in seeds)):
+            raise InputError(f"{path}: malformed {where}, scale {scale!r}: seeds {seeds!r} are not a list of "
+                             "non-negative ints. Fix: e.g. seeds: [0, 1, 2].")
 
 
 def _check_folds(folds: Any, what: str, *, fix: str) -> None:
@@ -258,15 +267,17 @@ def _item_runs(decl: Declarations, item: Item, scale: str, *, folds: list[int] |
         raise InputError(f"{decl.path}: item {item.id!r} has no column(s) {unknown}. "
                          f"Fix: choose among {[c['name'] for c in item.columns]}.")
     out = []
-    for fold in folds or at_scale.get("folds", [1]):
+    for fold, seed in ((f, s) for f in folds or at_scale.get("folds", [1]) for s in at_scale.get("seeds", [None])):
+        # declared seeds win over a `set` seed; an explicit --set seed=N wins over both
+        seeded = overrides if seed is None else {"seed": seed, **overrides}
         for col in (c for c in item.columns if c["name"] in names):
             for row in item.rows:
-                config = _config(scale, row, col, at_scale, fold, overrides, where=f"{decl.path} ({item.id})")
+                config = _config(scale, row, col, at_scale, fold, seeded, where=f"{decl.path} ({item.id})")
                 source = row.get("burn_in_from")
                 if source and source not in [r["name"] for r in item.rows]:
                     raise InputError(f"{decl.path}: item {item.id!r}, row {row['name']!r}: burn_in_from {source!r} "
                                      f"is not a row of the item. Fix: name one of {[r['name'] for r in item.rows]}.")
-                share = run_key(_config(scale, item.row(source), col, at_scale, fold, overrides,
+                share = run_key(_config(scale, item.row(source), col, at_scale, fold, seeded,
                                         where=str(decl.path))) if source else None
                 out.append(RunSpec(paper=decl.paper, item=item.id, row=row["name"], column=col["name"], fold=fold,
                                    config=config, burn_in_from=share))

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from ssodlib.config import config_dict
 from ssodlib.engine.trainer import Trainer
 from ssodlib.experiments.plan import RunSpec, with_runtime
 from ssodlib.experiments.provenance import code_commit, machine
+from ssodlib.experiments.shipped import refuse_shipped
 from ssodlib.experiments.store import ResultsStore
 from ssodlib.io import InputError, read_json, write_json
 
@@ -34,6 +36,7 @@ def run_plan(specs: list[RunSpec], *, run_index: int | None = None, results_dir:
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise InputError(f"jobs={jobs!r} is not a positive number of runs. Fix: 1 (one run at a time) or more.")
     store = ResultsStore(results_dir)
+    refuse_shipped(store.root)
     if run_index is None:
         chosen = specs
     elif run_index == -1:
@@ -76,6 +79,7 @@ def _put_record(spec: RunSpec, config, final: dict[str, Any], *, store: ResultsS
               "wall_seconds": seconds, "processes": processes, "host": platform.node(),
               "torch": torch.__version__, "device": config.device, "threads": config.threads,
               "commit": code_commit(), "machine": machine(config.device),
+              "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "started_from": config.init_from and str(config.init_from)}
     store.put(spec.key, record)
     return store.get(spec.key)  # as a later call returns it: with its key, tuples as lists

@@ -19,6 +19,7 @@ from typing import Any
 from ssodlib.io import InputError, path_error, read_json, repository_folder, write_json
 
 RESULTS_ENV = "SSOD_RESULTS_DIR"
+SHIPPED_MARK = "SHIPPED.md"  # in a results folder that ships with the repository (ssodlib.experiments.shipped)
 
 
 def default_results_dir() -> Path:
@@ -48,6 +49,12 @@ class ResultsStore:
             raise InputError(f"{path}: holds the record of {record.get('key')!r}. Fix: delete the file; the run "
                              "is then redone.")
         return record
+
+    def source(self, key: str) -> str | None:
+        """``"shipped"`` (a folder of the repository's measured records), ``"local"``, or None (not finished)."""
+        if not self.is_complete(key):
+            return None
+        return "shipped" if (self.root / SHIPPED_MARK).is_file() else "local"
 
     def put(self, key: str, record: dict[str, Any]) -> Path:
         return write_json(self.record_path(key), {**record, "key": key}, indent=2)

@@ -15,7 +15,7 @@ import pandas as pd
 from ssodlib.engine.run_folder import CHECKPOINT_NAME, read_metrics
 from ssodlib.experiments.plan import Item, RunSpec, load_declarations
 from ssodlib.experiments.reference import published
-from ssodlib.experiments.store import ResultsStore
+from ssodlib.experiments.shipped import LayeredStore, report_store
 from ssodlib.io import write_text
 from ssodlib.report import figures
 from ssodlib.report.runs import pseudo_label_means
@@ -30,10 +30,12 @@ class Report:
 
 
 def render(items: dict[str, list[RunSpec]], *, paper: str, scale: str, results_dir: str | os.PathLike | None = None,
-           out_dir: str | os.PathLike | None = None) -> Report:
-    """Tables and figures of ``items`` (``plan_items(...)``) from what the store holds; runs that are
-    not done are listed as missing, never invented."""
-    store = ResultsStore(results_dir)
+           out_dir: str | os.PathLike | None = None, shipped: bool | str | os.PathLike = True,
+           draw: bool = True) -> Report:
+    """Tables and figures of ``items`` (``plan_items(...)``) from what the store holds, over the
+    paper's shipped results (``shipped``: see :func:`ssodlib.experiments.shipped.report_store`); runs
+    that are done nowhere are listed as missing, never invented. ``draw=False``: the tables only."""
+    store = report_store(results_dir=results_dir, paper=paper, scale=scale, shipped=shipped)
     report = Report(out_dir=Path(out_dir) if out_dir else store.root / "reports" / paper / scale)
     decl = load_declarations(paper)
     for item_id, specs in items.items():
@@ -44,10 +46,13 @@ def render(items: dict[str, list[RunSpec]], *, paper: str, scale: str, results_d
         _save_table(report, item_id, summary_table(item, runs))
         if item.kind == "table":
             _save_table(report, f"{item_id}_vs_published", versus_published(item, runs))
+            leads = paired_leads(item, runs)
+            if not leads.empty:
+                _save_table(report, f"{item_id}_leads", leads)
         labels = pseudo_label_table(specs, store)
         if not labels.empty:
             _save_table(report, f"{item_id}_pseudo_labels", labels)
-        for plot in item.plots:
+        for plot in item.plots if draw else ():
             path = report.out_dir / f"{item_id}_{plot}.png"
             if _draw(plot, item, specs, store, path):
                 report.figures[f"{item_id}_{plot}"] = path
@@ -81,16 +86,20 @@ def _score(record: dict[str, Any] | None, item: Item, metric: str) -> float:
     return 100.0 * metric_value(final[model], metric)
 
 
-def results_frame(item: Item, specs: list[RunSpec], store: ResultsStore) -> pd.DataFrame:
-    """One line per declared run: row, column, fold, key, done, value (the column's or else the item's
-    metric, in %)."""
+RUN_COLUMNS = ["row", "column", "fold", "seed", "key", "done", "source", "value"]
+
+
+def results_frame(item: Item, specs: list[RunSpec], store: LayeredStore) -> pd.DataFrame:
+    """One line per declared run: row, column, fold, seed, key, done, source (``local``, ``shipped`` or
+    empty) and value (the column's or else the item's metric, in %)."""
     metrics = {c["name"]: c.get("metric", item.metric) for c in item.columns}
     lines = []
     for s in specs:
         record = store.get(s.key)
-        lines.append({"row": s.row, "column": s.column, "fold": s.fold, "key": s.key, "done": record is not None,
+        lines.append({"row": s.row, "column": s.column, "fold": s.fold, "seed": s.config.seed, "key": s.key,
+                      "done": record is not None, "source": store.source(s.key) or "",
                       "value": _score(record, item, metrics[s.column])})
-    return pd.DataFrame(lines, columns=["row", "column", "fold", "key", "done", "value"])
+    return pd.DataFrame(lines, columns=RUN_COLUMNS)
 
 
 def _mean_std(values: pd.Series) -> tuple[float, float, int]:
@@ -101,7 +110,9 @@ def _mean_std(values: pd.Series) -> tuple[float, float, int]:
 
 
 def summary_table(item: Item, runs: pd.DataFrame) -> pd.DataFrame:
-    """Rows x columns as the paper prints them: ``mean ± std`` over the folds done (``done/declared``)."""
+    """Rows x columns as the paper prints them: ``mean ± std`` over the folds and seeds done
+    (``done/declared``), and whose runs they are: ``shipped`` (the repository's measured records),
+    ``local`` (re-run here) or both, e.g. ``17.80 ± 0.30 (2/2 shipped)``."""
     cols = [c["name"] for c in item.columns if c["name"] in set(runs["column"])]
     out = []
     for row in [r["name"] for r in item.rows]:
@@ -109,13 +120,40 @@ def summary_table(item: Item, runs: pd.DataFrame) -> pd.DataFrame:
         for col in cols:
             cell = runs[(runs["row"] == row) & (runs["column"] == col)]
             mean, std, n = _mean_std(cell["value"])
-            line[col] = "missing" if n == 0 else f"{mean:.2f} ± {std:.2f} ({n}/{len(cell)})"
+            line[col] = "missing" if n == 0 else f"{mean:.2f} ± {std:.2f} ({n}/{len(cell)} {_sources(cell)})"
         out.append(line)
     return pd.DataFrame(out, columns=[item.id, *cols])
 
 
+def _sources(cell: pd.DataFrame) -> str:
+    counts = cell.loc[cell["done"], "source"].value_counts()
+    if len(counts) == 1:
+        return str(counts.index[0])
+    return " + ".join(f"{counts[name]} {name}" for name in ("local", "shipped") if name in counts)
+
+
+def paired_leads(item: Item, runs: pd.DataFrame) -> pd.DataFrame:
+    """Each semi-supervised row's lead over the row it starts from (``burn_in_from``), paired by
+    column, fold and seed (the evidence protocol): mean ± std of the leads and how many are ahead,
+    over the pairs where both runs are done."""
+    out = []
+    for row in (r for r in item.rows if r.get("burn_in_from")):
+        base = runs[runs["row"] == row["burn_in_from"]].set_index(["column", "fold", "seed"])["value"]
+        mine = runs[runs["row"] == row["name"]].set_index(["column", "fold", "seed"])["value"]
+        pairs = (mine - base.reindex(mine.index)).dropna()
+        for col in dict.fromkeys(runs["column"]):
+            leads = pairs[pairs.index.get_level_values("column") == col]
+            if len(leads):
+                mean, std, n = _mean_std(leads)
+                out.append({"row": row["name"], "over": row["burn_in_from"], "column": col,
+                            "lead": f"{mean:+.2f} ± {std:.2f}", "ahead": f"{int((leads > 0).sum())}/{n}",
+                            "pairs": ", ".join(f"f{f} s{sd}: {v:+.2f}" for (_, f, sd), v in leads.items())})
+    return pd.DataFrame(out, columns=["row", "over", "column", "lead", "ahead", "pairs"])
+
+
 def versus_published(item: Item, runs: pd.DataFrame) -> pd.DataFrame:
-    """One line per (row, column, published source): reproduced mean, std, folds, published value, delta."""
+    """One line per (row, column, published source): reproduced mean, std, runs done (folds x seeds),
+    published value, delta."""
     out = []
     for row in item.rows:
         for col in [c["name"] for c in item.columns if c["name"] in set(runs["column"])]:
@@ -125,13 +163,13 @@ def versus_published(item: Item, runs: pd.DataFrame) -> pd.DataFrame:
                 pub = published(ref["paper"], ref["item"], ref["row"], ref.get("columns", {}).get(col, col)) \
                     if ref else None
                 source = f"{ref['paper']} {ref['item']} '{ref['row']}'" if ref else ""
-                out.append({"row": row["name"], "column": col, "folds": n, "reproduced": round(mean, 2),
+                out.append({"row": row["name"], "column": col, "runs": n, "reproduced": round(mean, 2),
                             "std": round(std, 2), "published": pub, "source": source,
                             "delta": round(mean - pub, 2) if pub is not None and n else math.nan})
-    return pd.DataFrame(out, columns=["row", "column", "folds", "reproduced", "std", "published", "source", "delta"])
+    return pd.DataFrame(out, columns=["row", "column", "runs", "reproduced", "std", "published", "source", "delta"])
 
 
-def pseudo_label_table(specs: list[RunSpec], store: ResultsStore) -> pd.DataFrame:
+def pseudo_label_table(specs: list[RunSpec], store: LayeredStore) -> pd.DataFrame:
     """Per finished semi-supervised run, the pseudo-label diagnostics averaged over its logs (boxes per
     image against ground truth, precision and recall at IoU 0.5, class KL, and the method's counts
     per image, e.g. LabelMatch's reliable, uncertain and mined boxes: Fig. 8a's Delta)."""
@@ -147,7 +185,7 @@ def _label(s: RunSpec) -> str:
     return f"{s.row} {s.column} f{s.fold}"
 
 
-def _draw(plot: str, item: Item, specs: list[RunSpec], store: ResultsStore, path: Path) -> bool:
+def _draw(plot: str, item: Item, specs: list[RunSpec], store: LayeredStore, path: Path) -> bool:
     done = [s for s in specs if store.is_complete(s.key)]
     if plot == "pseudo_label_curves":
         logs = {_label(s): [r for r in read_metrics(store.run_dir(s.key)) if r.get("pl_images")] for s in done}
@@ -174,8 +212,9 @@ def _draw(plot: str, item: Item, specs: list[RunSpec], store: ResultsStore, path
     if plot == "metric_bars":
         runs = results_frame(item, specs, store)
         return figures.metric_bars(runs, metric=f"{item.metric} ({item.model}, %)", path=path)
-    if plot in INSPECTIONS:
-        return _draw_inspection(plot, item, done, store, path)
+    if plot in INSPECTIONS:  # shipped runs have no checkpoint to run again
+        return _draw_inspection(plot, item, [s for s in done if (store.run_dir(s.key) / CHECKPOINT_NAME).is_file()],
+                                store, path)
     raise ValueError(f"unknown plot {plot!r}: one of {PLOTS}")
 
 
@@ -186,7 +225,7 @@ SHOWN_IMAGES = 3  # images per run in the qualitative figures
 SHOWN_SCORE = 0.6  # the paper's visualisation threshold (Fig. 5)
 
 
-def _draw_inspection(plot: str, item: Item, done: list[RunSpec], store: ResultsStore, path: Path) -> bool:
+def _draw_inspection(plot: str, item: Item, done: list[RunSpec], store: LayeredStore, path: Path) -> bool:
     """Figures that run a finished run's detector again: ``cluster_quality`` (Fig. 3: the first run),
     ``detections`` (Fig. 5: true positives green, false positives yellow, false negatives red) and
     ``detections_nms`` (Fig. 7: before and after NMS), on the same images for every run."""
@@ -208,7 +247,7 @@ def _draw_inspection(plot: str, item: Item, done: list[RunSpec], store: ResultsS
     return figures.detection_grid(panels, path=path)
 
 
-def _run_detector(s: RunSpec, item: Item, store: ResultsStore, *, unlabeled: bool):
+def _run_detector(s: RunSpec, item: Item, store: LayeredStore, *, unlabeled: bool):
     from ssodlib.experiments import inspection
 
     model = item.model if item.model in store.get(s.key)["final"] else "student"

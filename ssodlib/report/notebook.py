@@ -10,9 +10,10 @@ Every notebook is ``notebooks/<paper>.ipynb`` for a folder ``papers/<paper>/`` (
 
        plan = notebook.plan_runs("labelmatch", TABLE, SCALE, folds=FOLDS, columns=COLUMNS, overrides=OVERRIDES)
        records = notebook.train(plan, run_index=RUN_INDEX, results_dir=RESULTS_DIR, ...)
-       report = notebook.render_report(plan, results_dir=RESULTS_DIR, enabled=REPORT)
+       report = notebook.render_report(plan, results_dir=RESULTS_DIR, shipped=SHIPPED, enabled=REPORT)
        notebook.show_tables(report)
        notebook.show_figures(report)
+       shipped = notebook.show_shipped("labelmatch", "table1", "mini")   # the shipped numbers, checked
 
    A cell whose leading comment lines include ``# paper-specific`` (``PAPER_SPECIFIC``) is exempt:
    it holds what one paper needs beyond the shared body. Markdown cells may go anywhere.
@@ -26,6 +27,7 @@ checks the template.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +35,12 @@ from ssodlib.config import PRESETS
 from ssodlib.experiments import run_plan
 from ssodlib.experiments.plan import Item, RunSpec, load_declarations, plan_items
 from ssodlib.experiments.plan import plan as ordered_runs  # `plan` names the notebook's Plan here
+from ssodlib.experiments.shipped import shipped_dir
 from ssodlib.io import InputError
 from ssodlib.report.experiments import Report, render
 
-__all__ = ["PAPER_SPECIFIC", "Plan", "plan_runs", "render_report", "report_lines", "show_figures", "show_tables",
-           "train"]
+__all__ = ["PAPER_SPECIFIC", "Plan", "plan_runs", "render_report", "report_lines", "show_figures", "show_shipped",
+           "show_tables", "train"]
 
 PAPER_SPECIFIC = "# paper-specific"
 DEVICES = ("auto", "cpu", "cuda")
@@ -165,13 +168,36 @@ def _check_train_parameters(*, run_index: Any, device: Any, processes: Any) -> N
 
 
 def render_report(plan: Plan, *, results_dir: str | os.PathLike | None = None,
-                  out_dir: str | os.PathLike | None = None, enabled: bool = True) -> Report | None:
-    """The tables and figures of ``plan`` from what the results store holds (None when not
-    ``enabled``); prints ``report_lines``, the structure the notebook regression checks."""
+                  out_dir: str | os.PathLike | None = None, shipped: bool = True,
+                  enabled: bool = True) -> Report | None:
+    """The tables and figures of ``plan`` from what the results store holds, over the records shipped
+    in ``papers/<paper>/results/<scale>`` when ``shipped`` (each cell says whose runs it shows; None
+    when not ``enabled``); prints ``report_lines``, the structure the notebook regression checks."""
     if not enabled:
         return None
-    report = render(plan.items, paper=plan.paper, scale=plan.scale, results_dir=results_dir, out_dir=out_dir)
+    if type(shipped) is not bool:
+        raise InputError(f"notebook parameter SHIPPED = {shipped!r} is not True or False. Fix: True (the shipped "
+                         "records under your runs) or False (your runs only).")
+    report = render(plan.items, paper=plan.paper, scale=plan.scale, results_dir=results_dir, out_dir=out_dir,
+                    shipped=shipped)
     print("\n".join(report_lines(report)))
+    return report
+
+
+def show_shipped(paper: str, table: str, scale: str = "mini") -> Report | None:
+    """The tables of ``table`` from the records shipped in ``papers/<paper>/results/<scale>`` alone,
+    printed with their numbers: the notebook regression compares them, so a change of the report code
+    that alters a shipped table fails the tests. Writes nothing; None when nothing is shipped."""
+    folder = shipped_dir(paper, scale)
+    if not (folder / "records").is_dir():
+        print(f"no shipped {scale} records in {folder}")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        report = render(plan_items(paper, table, scale), paper=paper, scale=scale, results_dir=folder, out_dir=tmp,
+                        draw=False)
+    for name, frame in report.tables.items():
+        if not name.endswith(("_runs", "_pseudo_labels")):
+            print(f"== {name} ({scale}, shipped)\n{frame.to_string(index=False)}\n")
     return report
 
 

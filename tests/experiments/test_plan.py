@@ -262,7 +262,7 @@ def test_a_misspelt_scale_key_names_the_file_the_item_the_scale_and_the_allowed_
     path = _declare(papers, ONE.replace('{columns: ["5%"]', '{colmns: ["5%"]'))
     message = _error(lambda: plan("one", "t1", "smoke"))  # was planned with every column
     assert message.startswith(f"{path}: malformed item 't1', scale 'smoke': unknown key(s) ['colmns']")
-    assert "Fix: use only ['columns', 'folds', 'method_options', 'set']" in message
+    assert "Fix: use only ['columns', 'folds', 'method_options', 'seeds', 'set']" in message
 
 
 def test_a_misspelt_column_key_names_the_file_the_item_the_column_and_the_allowed_keys(papers):
@@ -321,8 +321,16 @@ def test_fold_0_in_a_scale_s_folds_list_is_refused(papers, folds):
 def test_the_baselines_declaration_plans_at_every_scale(monkeypatch):
     monkeypatch.delenv("SSOD_PAPERS_DIR", raising=False)
     counts = {scale: len(plan("baselines", "all", scale)) for scale in ("smoke", "mini", "paper")}
-    # table1: 2 rows x columns x folds; the figure's runs are table1's runs
-    assert counts == {"smoke": 2 * 1 * 1, "mini": 2 * 2 * 2, "paper": 2 * 3 * 5}
+    # table1: 2 rows x columns x folds (x 3 seeds at mini); the figure's runs are table1's runs
+    assert counts == {"smoke": 2 * 1 * 1, "mini": 2 * 2 * 2 * 3, "paper": 2 * 3 * 5}
+    mini = plan("baselines", "table1", "mini")
+    assert {(s.fold, s.seed) for s in mini} == {(f, sd) for f in (1, 2) for sd in (0, 1, 2)}
+    # a run starts from the burn-in of its own fold, column and seed
+    by_key = {s.key: s for s in mini}
+    for s in mini:
+        if s.burn_in_from:
+            twin = by_key[s.burn_in_from]
+            assert (twin.fold, twin.seed, twin.column, twin.config.method) == (s.fold, s.seed, s.column, "supervised")
     paper = plan("baselines", "all", "paper")
     assert {s.config.dataset for s in paper} == {"coco"}
     assert {s.config.percent for s in paper} == {1.0, 5.0, 10.0} and {s.config.fold for s in paper} == {1, 2, 3, 4, 5}
@@ -389,8 +397,11 @@ def test_the_labelmatch_declaration_plans_at_every_scale(monkeypatch):
     runs = {scale: plan("labelmatch", "all", scale) for scale in ("smoke", "mini", "paper")}
     mini = runs["mini"]
     methods = [s.config.method for s in mini]
-    # two supervised burn-ins (1 %, 5 %) serve every semi-supervised run
-    assert methods.count("supervised") == 2 and all(s.burn_in_from for s in mini if s.config.method != "supervised")
+    # Table 1's main rows on 2 folds x 3 seeds: 12 supervised runs (1 %, 5 %), two of which (fold 1,
+    # seed 0) are the burn-ins of every ablation run
+    assert methods.count("supervised") == 2 * 2 * 3 and all(s.burn_in_from for s in mini if s.config.method != "supervised")
+    assert len(mini) == 3 * 2 * 2 * 3 + 13
+    assert {s.burn_in_from for s in mini if s.item != "table1"} <= {s.key for s in mini if s.seed == 0 and s.fold == 1}
     lm = [s.config.method_options for s in mini if s.config.method == "labelmatch"]
     assert all(o["act_interval"] in (100, 250, None) and o["act_images"] == 500 for o in lm)
     assert {(o.get("act", True), o.get("fixed_threshold", 0.9)) for o in lm} >= {(False, 0.7), (False, 0.8), (False, 0.9)}

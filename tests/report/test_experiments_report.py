@@ -11,7 +11,8 @@ import pytest
 
 from ssodlib.experiments.plan import load_declarations, plan_items
 from ssodlib.experiments.store import ResultsStore
-from ssodlib.report.experiments import metric_value, render, results_frame, summary_table, versus_published
+from ssodlib.report.experiments import (metric_value, paired_leads, render, results_frame, summary_table,
+                                        versus_published)
 
 EXPERIMENTS = """
 paper: rep
@@ -113,8 +114,8 @@ def test_summary_table_gives_mean_std_and_folds_done(setup):
     # Sup 1%: 20, 22 -> mean 21, std sqrt(((20-21)^2 + (22-21)^2) / 1) = 1.414
     # PL 1% (teacher): 25, 27 -> 26 ± 1.41; Sup 5%: one fold of two, std 0
     assert table.to_dict("records") == [
-        {"tab": "Sup", "1%": "21.00 ± 1.41 (2/2)", "5%": "30.00 ± 0.00 (1/2)"},
-        {"tab": "PL", "1%": "26.00 ± 1.41 (2/2)", "5%": "missing"},
+        {"tab": "Sup", "1%": "21.00 ± 1.41 (2/2 local)", "5%": "30.00 ± 0.00 (1/2 local)"},
+        {"tab": "PL", "1%": "26.00 ± 1.41 (2/2 local)", "5%": "missing"},
     ]
 
 
@@ -131,12 +132,12 @@ def test_versus_published_maps_columns_and_takes_the_delta(setup):
     }
     for cell, (folds, mean, std, pub, delta) in expected.items():
         r = lines[cell]
-        assert (r["folds"], r["published"]) == (folds, pub)
+        assert (r["runs"], r["published"]) == (folds, pub)
         assert r["reproduced"] == pytest.approx(mean) and r["std"] == pytest.approx(std)
         assert r["delta"] == pytest.approx(delta)
     assert lines["Sup", "1%"]["source"] == "pub t1 'Supervised'" and lines["PL", "5%"]["source"] == "pub t1 'Teacher'"
     missing = lines["PL", "5%"]  # published is known, nothing reproduced: no mean, no delta
-    assert missing["folds"] == 0 and missing["published"] == 28.27
+    assert missing["runs"] == 0 and missing["published"] == 28.27
     assert math.isnan(missing["reproduced"]) and math.isnan(missing["delta"])
 
 
@@ -146,8 +147,8 @@ def test_render_writes_tables_and_figures_and_lists_missing_runs(setup, tmp_path
     report = render(items, paper="rep", scale="smoke", results_dir=store.root, out_dir=out)
     expected_missing = sorted({specs[c].key for c in specs} - {specs[c].key for c in DONE})
     assert report.missing == expected_missing and len(expected_missing) == 3
-    assert set(report.tables) == {"tab_runs", "tab", "tab_vs_published", "fig_runs", "fig", "fig_pseudo_labels",
-                                  "tab_pseudo_labels"}
+    assert set(report.tables) == {"tab_runs", "tab", "tab_vs_published", "tab_leads", "fig_runs", "fig",
+                                  "fig_pseudo_labels", "tab_pseudo_labels"}
     for name, frame in report.tables.items():
         saved = pd.read_csv(out / f"{name}.csv", keep_default_na=False)
         assert list(saved.columns) == list(frame.columns) and len(saved) == len(frame)
@@ -185,6 +186,34 @@ def test_render_writes_tables_and_figures_and_lists_missing_runs(setup, tmp_path
     for c in CLASSES:
         assert fractions["ground truth (unlabeled): 1% f1", c] == pytest.approx(1 / 3)
     assert [fractions["pseudo labels: PL 1% f1", c] for c in CLASSES] == pytest.approx([0.75, 0.25, 0.0])
+
+
+def test_paired_leads_pair_each_run_with_its_burn_in_row_by_column_fold_and_seed(setup):
+    items, store, _ = setup
+    item = load_declarations("rep").item("tab")
+    leads = paired_leads(item, results_frame(item, items["tab"], store))
+    # PL - Sup at 1%: fold 1 25 - 20 = +5, fold 2 27 - 22 = +5; at 5% no pair is complete
+    assert leads.to_dict("records") == [{"row": "PL", "over": "Sup", "column": "1%", "lead": "+5.00 ± 0.00",
+                                         "ahead": "2/2", "pairs": "f1 s0: +5.00, f2 s0: +5.00"}]
+
+
+def test_cells_say_whether_their_runs_are_shipped_or_local(setup, tmp_path):
+    """A shipped folder under the local store: a run done in both shows the local record."""
+    from ssodlib.experiments.shipped import SHIPPED_MARK, LayeredStore
+
+    items, local, specs = setup
+    shipped = ResultsStore(tmp_path / "shipped")
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped" / SHIPPED_MARK).write_text("shipped")
+    for cell, final in [(("Sup", "5%", 2), _final(student=0.40)), (("Sup", "1%", 1), _final(student=0.90))]:
+        shipped.put(specs[cell].key, {"final": final})
+    item = load_declarations("rep").item("tab")
+    runs = results_frame(item, items["tab"], LayeredStore(local, shipped))
+    sources = {(r["row"], r["column"], r["fold"]): r["source"] for r in runs.to_dict("records")}
+    assert sources["Sup", "1%", 1] == "local" and sources["Sup", "5%", 2] == "shipped" and sources["PL", "5%", 1] == ""
+    table = summary_table(item, runs).to_dict("records")
+    # Sup 1% keeps the local 20 (not the shipped 90); Sup 5%: local 30 and shipped 40 -> 35 ± 7.07
+    assert table[0] == {"tab": "Sup", "1%": "21.00 ± 1.41 (2/2 local)", "5%": "35.00 ± 7.07 (2/2 1 local + 1 shipped)"}
 
 
 def test_render_with_nothing_done_writes_only_missing(setup, tmp_path):
@@ -233,7 +262,7 @@ def test_columns_may_name_their_own_metric_and_share_one_run(tmp_path, monkeypat
         store.put(s.key, {"final": {"student": {"ap": ap, "per_class_ap": {"a": 0.0, "b": b, "c": c}}}})
     report = render(items, paper="cm", scale="smoke", results_dir=store.root, out_dir=tmp_path / "out")
     line = report.tables["per_class"].to_dict("records")[0]
-    assert line == {"per_class": "Sup", "all": "40.00 ± 14.14 (2/2)", "b": "30.00 ± 14.14 (2/2)",
-                    "tail": "50.00 ± 14.14 (2/2)"}
+    assert line == {"per_class": "Sup", "all": "40.00 ± 14.14 (2/2 local)", "b": "30.00 ± 14.14 (2/2 local)",
+                    "tail": "50.00 ± 14.14 (2/2 local)"}
     bars = pd.read_csv(tmp_path / "out" / "per_class_metric_bars.csv")
     assert list(bars["column"]) == ["all", "b", "tail"] and list(bars["mean"].round(6)) == [40.0, 30.0, 50.0]

@@ -33,7 +33,7 @@ def test_render_only_on_an_empty_store(capsys, tmp_path):
     out = capsys.readouterr().out.splitlines()
     assert out == notebook.report_lines(report)
     assert out[:3] == ["table1 | table1 | 10%", "    Supervised", "    Pseudo-label"]
-    assert "table1_vs_published | row | column | folds | reproduced | std | published | source | delta" in out
+    assert "table1_vs_published | row | column | runs | reproduced | std | published | source | delta" in out
     assert not any(line.startswith("table1_runs") for line in out)  # per-run tables are not printed
     assert out[-2:] == ["figures: ", "missing runs: 2"]
     assert sorted(report.missing) == sorted(spec.key for spec in plan.runs)
