@@ -187,7 +187,8 @@ def _experiment_args(args: argparse.Namespace) -> dict:
 
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     columns = args.columns.split(",") if args.columns else None
-    return dict(folds=folds, columns=columns, overrides=parse_overrides(args.set or []))
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    return dict(folds=folds, columns=columns, overrides=parse_overrides(args.set or []), seeds=seeds)
 
 
 def _cmd_experiments_list(args: argparse.Namespace) -> None:
@@ -250,6 +251,7 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", choices=("smoke", "mini", "paper"), default="mini")
     p.add_argument("--folds", default=None, help="comma-separated folds (default: the declared ones)")
     p.add_argument("--columns", default=None, help="comma-separated columns (default: the declared ones)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the declared ones)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field of every run")
     p.add_argument("--results-dir", type=Path, default=None, help="default: $SSOD_RESULTS_DIR or ./results")
 

@@ -92,10 +92,11 @@ def run_baselines_notebook(*, scale: str, out: Path, data_root: str | os.PathLik
     source = notebooks_dir() / "baselines.ipynb"
     executed = out / "notebooks" / f"baselines-{scale}.ipynb"
     executed.parent.mkdir(parents=True, exist_ok=True)
-    params = dict(TABLE="all", SCALE=scale, FOLDS=[1], COLUMNS=DEMO_COLUMNS[scale], JOBS=DEMO_JOBS,
+    params = dict(TABLE="all", SCALE=scale, FOLDS=[1], COLUMNS=DEMO_COLUMNS[scale], SEEDS=[0], JOBS=DEMO_JOBS,
                   RESULTS_DIR=str((out / "results").resolve()),
                   DATA_ROOT=str(Path(data_root).resolve()) if data_root else None)
-    specs = plan("baselines", params["TABLE"], scale, folds=params["FOLDS"], columns=params["COLUMNS"])
+    specs = plan("baselines", params["TABLE"], scale, folds=params["FOLDS"], columns=params["COLUMNS"],
+                 seeds=params["SEEDS"])
     if progress:
         _build_trunks(specs, data_root=params["DATA_ROOT"])
     watch = RunWatch(specs, ResultsStore(params["RESULTS_DIR"]))

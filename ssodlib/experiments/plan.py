@@ -230,7 +230,8 @@ def _item(d: dict[str, Any]) -> Item:
 
 
 def plan_items(paper: str, table: str, scale: str, *, folds: list[int] | None = None,
-               columns: list[str] | None = None, overrides: dict[str, Any] | None = None) -> dict[str, list[RunSpec]]:
+               columns: list[str] | None = None, overrides: dict[str, Any] | None = None,
+               seeds: list[int] | None = None) -> dict[str, list[RunSpec]]:
     """The runs of each item (every item when ``table == "all"``), keyed by item id."""
     decl = load_declarations(paper)
     if folds:
@@ -240,23 +241,29 @@ def plan_items(paper: str, table: str, scale: str, *, folds: list[int] | None = 
     if not items:
         raise InputError(f"{decl.path}: no table or figure declares runs for scale {scale!r}. Fix: choose a scale "
                          f"among {sorted({s for i in decl.items for s in i.scales})}.")
-    return {item.id: _item_runs(decl, item, scale, folds=folds, columns=columns, overrides=overrides or {})
+    if seeds is not None and not (isinstance(seeds, (list, tuple)) and seeds
+                                  and all(type(s) is int and s >= 0 for s in seeds)):
+        raise InputError(f"requested seeds {seeds!r} are not a list of non-negative ints. Fix: e.g. --seeds 0,1.")
+    return {item.id: _item_runs(decl, item, scale, folds=folds, columns=columns, overrides=overrides or {},
+                                seeds=seeds)
             for item in items}
 
 
 def plan(paper: str, table: str, scale: str, *, folds: list[int] | None = None,
-         columns: list[str] | None = None, overrides: dict[str, Any] | None = None) -> list[RunSpec]:
+         columns: list[str] | None = None, overrides: dict[str, Any] | None = None,
+         seeds: list[int] | None = None) -> list[RunSpec]:
     """The runs of one item (or of every item when ``table == "all"``) in a fixed order, runs that
     others start from first; a run shared by several items (same key) appears once."""
     specs: dict[str, RunSpec] = {}
-    for runs in plan_items(paper, table, scale, folds=folds, columns=columns, overrides=overrides).values():
+    for runs in plan_items(paper, table, scale, folds=folds, columns=columns, overrides=overrides,
+                           seeds=seeds).values():
         for spec in runs:
             specs.setdefault(spec.key, spec)
     return sorted(specs.values(), key=lambda s: s.burn_in_from is not None)
 
 
 def _item_runs(decl: Declarations, item: Item, scale: str, *, folds: list[int] | None, columns: list[str] | None,
-               overrides: dict[str, Any]) -> list[RunSpec]:
+               overrides: dict[str, Any], seeds: list[int] | None = None) -> list[RunSpec]:
     if scale not in item.scales:
         raise InputError(f"{decl.path}: item {item.id!r} declares no runs for scale {scale!r}. "
                          f"Fix: choose one of {sorted(item.scales)}.")
@@ -267,7 +274,7 @@ def _item_runs(decl: Declarations, item: Item, scale: str, *, folds: list[int] |
         raise InputError(f"{decl.path}: item {item.id!r} has no column(s) {unknown}. "
                          f"Fix: choose among {[c['name'] for c in item.columns]}.")
     out = []
-    for fold, seed in ((f, s) for f in folds or at_scale.get("folds", [1]) for s in at_scale.get("seeds", [None])):
+    for fold, seed in ((f, s) for f in folds or at_scale.get("folds", [1]) for s in seeds or at_scale.get("seeds", [None])):
         # declared seeds win over a `set` seed; an explicit --set seed=N wins over both
         seeded = overrides if seed is None else {"seed": seed, **overrides}
         for col in (c for c in item.columns if c["name"] in names):

@@ -37,11 +37,12 @@ class SubmitResult:
 
 
 def count_runs(*, paper: str, table: str, scale: str, folds: list[int] | None = None,
-               columns: list[str] | None = None, overrides: dict[str, Any] | None = None) -> int:
+               columns: list[str] | None = None, overrides: dict[str, Any] | None = None,
+               seeds: list[int] | None = None) -> int:
     """Number of runs of a table at a scale: array task i is run i of this plan."""
     from ssodlib.experiments import plan
 
-    runs = plan(paper, table, scale, folds=folds, columns=columns, overrides=overrides)
+    runs = plan(paper, table, scale, folds=folds, columns=columns, overrides=overrides, seeds=seeds)
     if not runs:
         raise InputError(f"paper {paper!r}, table {table!r}, scale {scale!r} has no runs. "
                          "Fix: check the table id with 'ssod experiments list'.")
@@ -67,13 +68,16 @@ def output_stem(*, notebook: Path, table: str, scale: str) -> str:
 
 def job_environment(*, notebook: Path, table: str, scale: str, results_dir: Path, data_root: str | None,
                     device: str, folds: list[int] | None, columns: list[str] | None,
-                    overrides: dict[str, Any] | None, processes: int, python: str, kernel: str) -> dict[str, str]:
+                    overrides: dict[str, Any] | None, processes: int, python: str, kernel: str,
+                    seeds: list[int] | None = None) -> dict[str, str]:
     """The SSOD_JOB_* variables both batch scripts read."""
     # JSON is YAML: papermill's -y keeps lists, dicts and null typed
     params: dict[str, Any] = {"DATA_ROOT": data_root, "FOLDS": folds, "OVERRIDES": overrides or {},
                               "PROCESSES": processes}
-    if columns is not None:  # only notebooks that declare COLUMNS get it
+    if columns is not None:  # only notebooks that declare COLUMNS (SEEDS) get it
         params["COLUMNS"] = columns
+    if seeds is not None:
+        params["SEEDS"] = seeds
     return {
         "SSOD_JOB_PYTHON": python,
         "SSOD_JOB_NOTEBOOK": str(notebook),
@@ -157,7 +161,8 @@ def _check_inputs(*, notebook: Path, sbatch: str, python: str, max_concurrent: i
 
 def submit(*, notebook: str | os.PathLike, paper: str, table: str, scale: str, results_dir: str | os.PathLike,
            data_root: str | os.PathLike | None = None, device: str = "auto", folds: list[int] | None = None,
-           columns: list[str] | None = None, overrides: dict[str, Any] | None = None, max_concurrent: int = 4,
+           columns: list[str] | None = None, overrides: dict[str, Any] | None = None, seeds: list[int] | None = None,
+           max_concurrent: int = 4,
            partition: str | None = None, time_limit: str | None = None, gpus_per_task: int = 0, processes: int = 1,
            signal_seconds: int = 120, sbatch: str = "sbatch", extra_sbatch_args: Sequence[str] = (),
            run_indices: Sequence[int] | None = None, report: bool = True, python: str | None = None,
@@ -174,7 +179,8 @@ def submit(*, notebook: str | os.PathLike, paper: str, table: str, scale: str, r
     _check_inputs(notebook=notebook, sbatch=sbatch, python=python, max_concurrent=max_concurrent,
                   processes=processes, signal_seconds=signal_seconds)
     check_notebook_paper(notebook, paper)
-    num_runs = count_runs(paper=paper, table=table, scale=scale, folds=folds, columns=columns, overrides=overrides)
+    num_runs = count_runs(paper=paper, table=table, scale=scale, folds=folds, columns=columns, overrides=overrides,
+                          seeds=seeds)
     array, num_tasks = array_spec(num_runs=num_runs, run_indices=run_indices, max_concurrent=max_concurrent)
     results = Path(results_dir).resolve()
     log_dir = results / "slurm"
@@ -182,7 +188,7 @@ def submit(*, notebook: str | os.PathLike, paper: str, table: str, scale: str, r
     env = os.environ | job_environment(
         notebook=notebook, table=table, scale=scale, results_dir=results,
         data_root=str(Path(data_root).resolve()) if data_root is not None else None, device=device, folds=folds,
-        columns=columns, overrides=overrides, processes=processes, python=python, kernel=kernel)
+        columns=columns, overrides=overrides, processes=processes, python=python, kernel=kernel, seeds=seeds)
     job_name = f"ssod-{paper}-{table}-{scale}"
     resources = resource_args(partition=partition, time_limit=time_limit, gpus_per_task=gpus_per_task,
                               processes=processes)

@@ -8,7 +8,8 @@ Every notebook is ``notebooks/<paper>.ipynb`` for a folder ``papers/<paper>/`` (
 3. the cell tagged ``parameters``: UPPER_CASE literals, each with a comment of its allowed values;
 4. then code cells that only call functions of this module, or assign their results to a name::
 
-       plan = notebook.plan_runs("labelmatch", TABLE, SCALE, folds=FOLDS, columns=COLUMNS, overrides=OVERRIDES)
+       plan = notebook.plan_runs("labelmatch", TABLE, SCALE, folds=FOLDS, columns=COLUMNS, seeds=SEEDS,
+                                 overrides=OVERRIDES)
        records = notebook.train(plan, run_index=RUN_INDEX, results_dir=RESULTS_DIR, ...)
        report = notebook.render_report(plan, results_dir=RESULTS_DIR, shipped=SHIPPED, enabled=REPORT)
        notebook.show_tables(report)
@@ -57,13 +58,18 @@ class Plan:
 
 
 def plan_runs(paper: str, table: str, scale: str, *, folds: list[int] | None = None,
-              columns: list[str] | None = None, overrides: dict[str, Any] | None = None) -> Plan:
+              columns: list[str] | None = None, overrides: dict[str, Any] | None = None,
+              seeds: list[int] | None = None) -> Plan:
     """The runs of ``table`` (an item id or ``"all"``) of ``paper`` at ``scale``; prints one line per
     run: its index (``RUN_INDEX`` of an array task), table, row, column, fold and key. The notebook's
     parameters are checked first, so a wrong one fails here with its allowed values."""
     _check_plan_parameters(paper, table, scale, folds=folds, columns=columns, overrides=overrides)
-    items = plan_items(paper, table, scale, folds=folds, columns=columns, overrides=overrides)
-    runs = ordered_runs(paper, table, scale, folds=folds, columns=columns, overrides=overrides)
+    if seeds is not None and not (isinstance(seeds, (list, tuple)) and seeds and all(type(s) is int and s >= 0
+                                                                                      for s in seeds)):
+        raise InputError(f"notebook parameter SEEDS = {seeds!r} is not a list of seeds. Fix: set SEEDS to None (the "
+                         "declared seeds) or a list such as [0].")
+    items = plan_items(paper, table, scale, folds=folds, columns=columns, overrides=overrides, seeds=seeds)
+    runs = ordered_runs(paper, table, scale, folds=folds, columns=columns, overrides=overrides, seeds=seeds)
     for index, spec in enumerate(runs):
         print(index, spec.describe())
     return Plan(paper=paper, scale=scale, items=items, runs=runs)

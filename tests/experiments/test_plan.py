@@ -323,6 +323,9 @@ def test_the_baselines_declaration_plans_at_every_scale(monkeypatch):
     counts = {scale: len(plan("baselines", "all", scale)) for scale in ("smoke", "mini", "paper")}
     # table1: 2 rows x columns x folds (x 3 seeds at mini); the figure's runs are table1's runs
     assert counts == {"smoke": 2 * 1 * 1, "mini": 2 * 2 * 2 * 3, "paper": 2 * 3 * 5}
+    assert len(plan("baselines", "table1", "mini", seeds=[0])) == 8  # --seeds 0: the demo's and a quick table
+    with pytest.raises(InputError, match="seeds"):
+        plan("baselines", "table1", "mini", seeds=[-1])
     mini = plan("baselines", "table1", "mini")
     assert {(s.fold, s.seed) for s in mini} == {(f, sd) for f in (1, 2) for sd in (0, 1, 2)}
     # a run starts from the burn-in of its own fold, column and seed
