@@ -1,9 +1,17 @@
 """Pseudo-label diagnostics against the withheld labels of unlabeled images.
 
 Every paper's pseudo-label curves come from these numbers: pseudo boxes per image against ground
-truth per image, precision and recall at IoU 0.5, mean IoU of true positives, per-class counts and
-the KL divergence of the pseudo-label class distribution from the labeled one (LabelMatch Fig. 1, 4),
-and the student's sampled RoIs as true / false positives and false negatives.
+truth per image, precision and recall at IoU 0.5, mean IoU of true positives, per-class counts, the
+student's sampled RoIs as true / false positives and false negatives, and two readings of precision
+and class KL:
+
+* this repository's own: ``pl_precision`` matches pseudo boxes one-to-one to ground truth in score
+  order (as detection AP does), ``pl_class_kl`` compares the pseudo-label class distribution with the
+  labeled set's (the prior ACT aims at);
+* LabelMatch's Fig. 4a and 4c: ``pl_precision_any`` counts a pseudo box as correct when any ground
+  truth of its class overlaps it by IoU > 0.5 (the official code's count, duplicates included), and
+  ``pl_class_kl_gt`` compares the class distribution with the withheld ground truth of the same
+  unlabeled images.
 """
 
 from __future__ import annotations
@@ -43,6 +51,17 @@ def match_to_ground_truth(boxes: Tensor, labels: Tensor, scores: Tensor, gt_boxe
     return tp, ious
 
 
+def overlaps_own_class(boxes: Tensor, labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *,
+                       iou_threshold: float = 0.5) -> Tensor:
+    """``(N,)`` True where a ground-truth box of the pseudo box's class overlaps it by IoU strictly
+    above ``iou_threshold`` (LabelMatch Fig. 4a; several pseudo boxes may hit one ground truth)."""
+    if len(boxes) == 0 or len(gt_boxes) == 0:
+        return torch.zeros(len(boxes), dtype=torch.bool)
+    iou = box_iou(boxes.float().cpu(), gt_boxes.float().cpu())
+    same = labels.cpu()[:, None] == gt_labels.cpu()[None, :]
+    return ((iou > iou_threshold) & same).any(1)
+
+
 @dataclass
 class PseudoLabelStats:
     """Accumulates diagnostics over images; :meth:`summary` gives the logged numbers."""
@@ -53,6 +72,7 @@ class PseudoLabelStats:
     pseudo: int = 0
     gt: int = 0
     tp: int = 0
+    tp_any: int = 0  # pseudo boxes overlapping some ground truth of their class by IoU > 0.5
     tp_iou_sum: float = 0.0
     roi_tp: int = 0
     roi_fp: int = 0
@@ -71,6 +91,7 @@ class PseudoLabelStats:
         self.pseudo += len(boxes)
         self.gt += len(gt_boxes)
         self.tp += int(tp.sum())
+        self.tp_any += int(overlaps_own_class(boxes, labels, gt_boxes, gt_labels).sum())
         self.tp_iou_sum += float(iou[tp].sum())
         self.pseudo_per_class += np.bincount(labels.cpu().numpy(), minlength=self.num_classes)
         self.gt_per_class += np.bincount(gt_labels.cpu().numpy(), minlength=self.num_classes)
@@ -105,6 +126,7 @@ class PseudoLabelStats:
             "pl_per_image": self.pseudo / self.images if self.images else nan,
             "gt_per_image": self.gt / self.images if self.images else nan,
             "pl_precision": self.tp / self.pseudo if self.pseudo else nan,
+            "pl_precision_any": self.tp_any / self.pseudo if self.pseudo else nan,
             "pl_recall": self.tp / self.gt if self.gt else nan,
             "pl_mean_iou_tp": self.tp_iou_sum / self.tp if self.tp else nan,
             "roi_tp": self.roi_tp, "roi_fp": self.roi_fp, "roi_fn": self.roi_fn,
@@ -114,6 +136,8 @@ class PseudoLabelStats:
         out.update({f"pl_{k}_per_image": v / self.images if self.images else nan for k, v in self.counts.items()})
         if self.labeled_class_prior is not None and self.pseudo:
             out["pl_class_kl"] = class_kl(self.pseudo_per_class, self.labeled_class_prior)
+        if self.pseudo and self.gt:
+            out["pl_class_kl_gt"] = class_kl(self.pseudo_per_class, self.gt_per_class)
         return out
 
 

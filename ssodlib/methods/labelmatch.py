@@ -30,9 +30,11 @@ single fixed 0.9 (no uncertain boxes); alpha = 0.2; teacher temperature 0.5 and 
 ``images * roi_batch_size``; the RPN learns from reliable and uncertain boxes together (with box
 regression); the unlabeled loss weight is the trainer's ``unsup_weight`` (2.0 in LabelMatch).
 
-Choices of this implementation: RoIs are sampled by one IoU assignment against reliable and
-uncertain boxes together (the official code assigns the two sets separately and samples reliable
-positives first); a mined box's RoIs get the hard class and box regression and no soft loss (as
+Choices of this implementation: by default RoIs are sampled by one IoU assignment against reliable
+and uncertain boxes together (``roi_sampling='joint'``); ``roi_sampling='separate'`` is the official
+code's (:func:`sample_separately`: the two sets assigned separately, reliable positives sampled
+first; its assigner's ``ignore_iof_thr`` 0.5 acts only on ignore boxes, which that path never
+passes, so it changes nothing there); a mined box's RoIs get the hard class and box regression and no soft loss (as
 the official code); an NMS cluster is the set of candidates a kept box suppressed, itself excluded,
 so a box that suppressed nothing is never mined. ACT runs the teacher at the test view
 (``test_scale``, no flip); under torch.distributed each rank scores a shard of the subset and the
@@ -51,6 +53,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import box_iou
 
 from ssodlib.data.batch import Batch
 from ssodlib.data.coco import CocoDetection
@@ -66,6 +69,7 @@ from ssodlib.models.nms import group_mean, nms_cluster_statistics, paired_iou
 
 ASSIGNMENTS = ("ignore", "iou", "self")
 MINING_SOURCES = ("nms_cluster", "proposals")
+ROI_SAMPLINGS = ("joint", "separate")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +91,9 @@ class LabelMatchOptions:
     teacher_temperature: float = 0.5
     student_temperature: float = 1.0
     rpn_regression: bool = True  # RPN box loss on reliable + uncertain boxes (official code)
+    # RoIs of the unlabeled images: "joint" (one IoU assignment against reliable and uncertain boxes) or
+    # "separate" (the official code: two assignments, reliable positives sampled first)
+    roi_sampling: str = "joint"
 
 
 # -- maths (pure functions) -----------------------------------------------------------------------
@@ -167,6 +174,61 @@ def self_assignment_loss(student_logits: Tensor, teacher_logits: Tensor, *, norm
     return loss.sum() / normalizer
 
 
+def sample_separately(proposals: Tensor, reliable: Tensor, reliable_labels: Tensor, uncertain: Tensor,
+                      uncertain_labels: Tensor, *, iou_threshold: float = 0.5, batch_size: int = 512,
+                      positive_fraction: float = 0.25) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The official code's RoI sampling of one unlabeled image (``roi_sampling='separate'``).
+
+    The ``(P, 4)`` proposals, with both sets of pseudo boxes added as proposals, are assigned to the
+    ``(R, 4)`` reliable and the ``(U, 4)`` uncertain boxes separately (IoU ``>= iou_threshold``:
+    positive; an added box is ignored by the other set's assignment). Up to ``batch_size *
+    positive_fraction`` positives are drawn from the reliable ones first, the rest of that budget
+    from the uncertain ones (a proposal positive for both counts as reliable), and the remaining
+    slots from proposals that are background for both sets.
+    Returns ``(S, 4)`` RoIs, ``(S,)`` labels (0 background, ``1..C``), ``(S,)`` target index
+    (``0..R-1`` reliable, ``R..R+U-1`` uncertain, -1 background) and ``(S, 4)`` matched boxes.
+    """
+    device = proposals.device
+    reliable, uncertain = reliable.to(proposals), uncertain.to(proposals)
+    rois = torch.cat([reliable, uncertain, proposals])
+    n_rel, n_unc = len(reliable), len(uncertain)
+    added_rel = torch.zeros(len(rois), dtype=torch.bool, device=device)
+    added_rel[:n_rel] = True
+    added_unc = torch.zeros_like(added_rel)
+    added_unc[n_rel:n_rel + n_unc] = True
+
+    def assign(targets: Tensor) -> tuple[Tensor, Tensor]:
+        if len(targets) == 0:
+            return torch.full((len(rois),), -1, dtype=torch.long, device=device), torch.zeros(len(rois), device=device)
+        best, index = box_iou(targets, rois).max(0)
+        return torch.where(best >= iou_threshold, index, -1), best
+
+    idx_rel, _ = assign(reliable)
+    idx_unc, _ = assign(uncertain)
+    pos_rel = (idx_rel >= 0) & ~added_unc
+    pos_unc = (idx_unc >= 0) & ~added_rel & ~pos_rel
+    negative = (idx_rel < 0) & (idx_unc < 0) & ~added_rel & ~added_unc
+    budget = int(batch_size * positive_fraction)
+    take_rel = _random_subset(torch.where(pos_rel)[0], budget)
+    take_unc = _random_subset(torch.where(pos_unc)[0], budget - len(take_rel))
+    take_neg = _random_subset(torch.where(negative)[0], batch_size - len(take_rel) - len(take_unc))
+    keep = torch.cat([take_rel, take_unc, take_neg])
+    index = torch.cat([idx_rel[take_rel], n_rel + idx_unc[take_unc], torch.full_like(take_neg, -1)])
+    if n_rel + n_unc == 0:  # no pseudo box: every sampled RoI is background
+        return rois[keep], torch.zeros_like(index), index, rois.new_zeros((len(keep), 4))
+    all_labels = torch.cat([reliable_labels.to(device), uncertain_labels.to(device)]).long()
+    labels = torch.where(index >= 0, all_labels[index.clamp(min=0)] + 1, 0)
+    return rois[keep], labels, index, torch.cat([reliable, uncertain])[index.clamp(min=0)]
+
+
+def _random_subset(candidates: Tensor, k: int) -> Tensor:
+    """At most ``k`` of ``candidates`` at random (the global generator, seeded per step by the trainer)."""
+    k = max(k, 0)
+    if len(candidates) <= k:
+        return candidates
+    return candidates[torch.randperm(len(candidates), device=candidates.device)[:k]]
+
+
 # -- teacher passes -------------------------------------------------------------------------------
 @torch.no_grad()
 def teacher_class_scores(teacher: FasterRCNN, dataset: CocoDetection, indices: Sequence[int], *,
@@ -238,6 +300,8 @@ class LabelMatch(TeacherStudentMethod):
         o = self.options
         if o.assignment not in ASSIGNMENTS:
             raise InputError(f"labelmatch assignment {o.assignment!r} is unknown. Fix: choose one of {ASSIGNMENTS}.")
+        if o.roi_sampling not in ROI_SAMPLINGS:
+            raise InputError(f"labelmatch roi_sampling {o.roi_sampling!r} is unknown. Fix: choose one of {ROI_SAMPLINGS}.")
         if o.mining_source not in MINING_SOURCES:
             raise InputError(f"labelmatch mining_source {o.mining_source!r} is unknown. Fix: choose one of "
                              f"{MINING_SOURCES}.")
@@ -344,13 +408,31 @@ class LabelMatch(TeacherStudentMethod):
                   for det, m, s, gb, gl in zip(tp.detections, batch.teacher_to_student, batch.strong, batch.gt_weak_boxes,
                                                batch.gt_weak_labels)]
         targets, target_labels = [p.boxes for p in pseudo], [p.labels for p in pseudo]
-        sp = student_pass(student, batch, targets, target_labels)
+        sp = student_pass(student, batch, targets, target_labels,
+                          sample_unlabeled=self._separate_sampler(student, pseudo) if
+                          self.options.roi_sampling == "separate" else None)
         unl = sp.unl
         unsup = {**student.rpn_loss(sp.rpn.select(unl), targets, regression=self.options.rpn_regression),
                  **self.roi_losses(student, teacher, sp.rois.select(unl), sp.samples.select(unl), pseudo=pseudo,
                                    tp=tp, matrices=batch.teacher_to_student, ctx=ctx)}
         log_student_rois(ctx, sp, batch)
         return JointLosses(sp.supervised, unsup)
+
+    @staticmethod
+    def _separate_sampler(student: FasterRCNN, pseudo: list[PseudoBoxes]):
+        c = student.config
+
+        def sample(proposals: list[Tensor]) -> RoISamples:
+            out = RoISamples([], [], [], [])
+            for props, p in zip(proposals, pseudo):
+                r = p.num_reliable
+                parts = sample_separately(props.detach(), p.boxes[:r], p.labels[:r], p.boxes[r:], p.labels[r:],
+                                          iou_threshold=c.roi_iou_threshold, batch_size=c.roi_batch_size,
+                                          positive_fraction=c.roi_positive_fraction)
+                for field, value in zip((out.proposals, out.labels, out.matched_index, out.matched_boxes), parts):
+                    field.append(value)
+            return out
+        return sample
 
     def roi_losses(self, student: FasterRCNN, teacher: FasterRCNN, rois: RoIOutput, samples: RoISamples, *,
                    pseudo: list[PseudoBoxes], tp: TeacherPass, matrices: list[Tensor],

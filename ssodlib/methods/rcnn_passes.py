@@ -5,7 +5,7 @@ between the views. Methods compose them; none of them computes a loss of its own
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -36,15 +36,24 @@ class StudentPass:
     unl: slice
 
 
-def student_pass(student: nn.Module, batch: Batch, targets: list[Tensor], target_labels: list[Tensor]) -> StudentPass:
+def student_pass(student: nn.Module, batch: Batch, targets: list[Tensor], target_labels: list[Tensor], *,
+                 sample_unlabeled: Callable[[list[Tensor]], RoISamples] | None = None) -> StudentPass:
     """``targets`` / ``target_labels``: per unlabeled image, ``(K, 4)`` boxes in the student's view and ``(K,)``
-    labels that RoI sampling matches against, after the labeled images' ground truth."""
+    labels that RoI sampling matches against, after the labeled images' ground truth. ``sample_unlabeled``
+    (the strong views' proposals -> their samples) replaces the detector's sampling on unlabeled images."""
     n_lab = len(batch.images)
     sb = student.preprocess(batch.images + batch.strong)
     feats = student.features(sb)
     rpn = student.rpn(feats, sb)
     props, _ = student.proposals(rpn, sb)
-    samples = student.sample_rois(props, batch.boxes + targets, batch.labels + target_labels)
+    if sample_unlabeled is None:
+        samples = student.sample_rois(props, batch.boxes + targets, batch.labels + target_labels)
+    else:
+        lab_s, unl_s = student.sample_rois(props[:n_lab], batch.boxes, batch.labels), sample_unlabeled(props[n_lab:])
+        samples = RoISamples(*(a + b for a, b in zip((lab_s.proposals, lab_s.labels, lab_s.matched_boxes,
+                                                      lab_s.matched_index),
+                                                     (unl_s.proposals, unl_s.labels, unl_s.matched_boxes,
+                                                      unl_s.matched_index))))
     rois = student.roi_head(feats, samples.proposals, sb)
     lab = slice(0, n_lab)
     supervised = {**student.rpn_loss(rpn.select(lab), batch.boxes),

@@ -187,10 +187,11 @@ def _label(s: RunSpec) -> str:
 
 def _draw(plot: str, item: Item, specs: list[RunSpec], store: LayeredStore, path: Path) -> bool:
     done = [s for s in specs if store.is_complete(s.key)]
-    if plot == "pseudo_label_curves":
+    if plot in ("pseudo_label_curves", "pseudo_label_curves_vs_ground_truth"):
         logs = {_label(s): [r for r in read_metrics(store.run_dir(s.key)) if r.get("pl_images")] for s in done}
         logs = {k: v for k, v in logs.items() if v}
-        return bool(logs) and figures.pseudo_label_curves(logs, path=path)
+        curves = figures.CURVES if plot == "pseudo_label_curves" else figures.CURVES_VS_GROUND_TRUTH
+        return bool(logs) and figures.pseudo_label_curves(logs, path=path, curves=curves)
     if plot == "ap_per_iou":
         curves = {}
         for s in done:
@@ -219,7 +220,7 @@ def _draw(plot: str, item: Item, specs: list[RunSpec], store: LayeredStore, path
 
 
 INSPECTIONS = ("cluster_quality", "detections", "detections_nms")
-PLOTS = ("pseudo_label_curves", "ap_per_iou", "class_distribution", "metric_bars", *INSPECTIONS)
+PLOTS = ("pseudo_label_curves", "pseudo_label_curves_vs_ground_truth", "ap_per_iou", "class_distribution", "metric_bars", *INSPECTIONS)
 CLUSTER_IMAGES = 200  # unlabeled images whose kept boxes make the cluster-quality scatter (paper: 5000)
 SHOWN_IMAGES = 3  # images per run in the qualitative figures
 SHOWN_SCORE = 0.6  # the paper's visualisation threshold (Fig. 5)

@@ -13,8 +13,14 @@ import pandas as pd
 
 from ssodlib.io import atomic_write, write_text
 
-CURVES = (("pl_precision", "precision @ IoU 0.5"), ("pl_recall", "recall @ IoU 0.5"),
+# this repository's diagnostics: one-to-one precision, KL against the labeled prior
+CURVES = (("pl_precision", "precision @ IoU 0.5 (one-to-one)"), ("pl_recall", "recall @ IoU 0.5"),
           ("pl_per_image", "pseudo boxes per image"), ("pl_class_kl", "KL(pseudo || labeled classes)"))
+# LabelMatch Fig. 4a-c: a box is correct when any ground truth of its class overlaps it by IoU > 0.5;
+# KL against the withheld ground truth of the unlabeled images
+CURVES_VS_GROUND_TRUTH = (("pl_precision_any", "precision (any GT of its class, IoU > 0.5)"),
+                          ("pl_per_image", "pseudo boxes per image"),
+                          ("pl_class_kl_gt", "KL(pseudo || unlabeled GT classes)"))
 
 
 def _pyplot():
@@ -38,15 +44,17 @@ def _smooth(values: np.ndarray, window: int = 5) -> np.ndarray:
     return pd.Series(values).rolling(window, min_periods=1).mean().to_numpy()
 
 
-def pseudo_label_curves(logs: dict[str, list[dict[str, Any]]], *, path: str | os.PathLike) -> bool:
-    """Precision, recall, boxes per image (ground truth dashed) and class KL over iterations, one line
-    per run (``logs``: label -> the run's train records with pseudo-label diagnostics)."""
+def pseudo_label_curves(logs: dict[str, list[dict[str, Any]]], *, path: str | os.PathLike,
+                        curves: tuple[tuple[str, str], ...] = CURVES) -> bool:
+    """Precision, recall, boxes per image (ground truth dashed) and class KL over iterations (or the
+    ``curves`` given: log key, title), one line per run (``logs``: label -> the run's train records
+    with pseudo-label diagnostics)."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.4))
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 3.4))
     rows = []
     for label, records in logs.items():
         it = np.array([r["iteration"] for r in records])
-        for ax, (key, title) in zip(axes, CURVES):
+        for ax, (key, title) in zip(axes, curves):
             y = np.array([r.get(key, np.nan) for r in records], float)
             line, = ax.plot(it, _smooth(y), label=label)
             if key == "pl_per_image":

@@ -58,3 +58,28 @@ def test_roi_true_false_positives_and_false_negatives():
 def test_class_kl_is_zero_for_equal_distributions_and_positive_otherwise():
     assert class_kl(np.array([2, 4]), np.array([1, 2])) == pytest.approx(0.0, abs=1e-9)
     assert class_kl(np.array([1, 0]), np.array([1, 1])) == pytest.approx(math.log(2), rel=1e-4)
+
+
+def test_labelmatch_figure4_precision_counts_any_overlap_of_the_own_class_above_one_half():
+    """Fig. 4a: duplicates on one ground truth all count; IoU exactly 0.5 does not (strictly above)."""
+    s = PseudoLabelStats(num_classes=2)
+    boxes = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 11], [0, 0, 10, 20], [20, 20, 30, 30], [20, 20, 30, 30]])
+    labels = torch.tensor([0, 0, 0, 1, 0])
+    s.add_image(boxes=boxes, labels=labels, scores=torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5]), gt_boxes=GT,
+                gt_labels=GT_LABELS)
+    out = s.summary()
+    # boxes 0 and 1 hit GT 0 (IoU 1 and 100/110): both count; box 2: IoU 100/200 = 0.5 exactly, not above;
+    # box 3 hits GT 1 of its class; box 4 overlaps GT 1 but has the wrong class -> 3 of 5
+    assert out["pl_precision_any"] == pytest.approx(3 / 5)
+    # one-to-one (this repository's): box 0 takes GT 0, box 1 is a duplicate, box 2 at IoU 0.5 finds GT 0 taken
+    assert out["pl_precision"] == pytest.approx(2 / 5)
+
+
+def test_labelmatch_figure4_kl_compares_with_the_unlabeled_images_ground_truth():
+    s = PseudoLabelStats(num_classes=2, labeled_class_prior=np.array([1.0, 1.0]))
+    s.add_image(boxes=torch.tensor([[0.0, 0, 10, 10]] * 3), labels=torch.tensor([0, 0, 1]),
+                scores=torch.ones(3), gt_boxes=torch.tensor([[0.0, 0, 10, 10]] * 3), gt_labels=torch.tensor([0, 0, 1]))
+    out = s.summary()
+    # pseudo classes [2, 1] = ground truth classes [2, 1]: KL 0; against the labeled prior [1, 1] it is not 0
+    assert out["pl_class_kl_gt"] == pytest.approx(0.0, abs=1e-9)
+    assert out["pl_class_kl"] == pytest.approx(class_kl(np.array([2, 1]), np.array([1, 1]))) and out["pl_class_kl"] > 0

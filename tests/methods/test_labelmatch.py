@@ -298,3 +298,102 @@ def test_killed_after_a_threshold_update_and_resumed_ends_with_the_same_weights(
         assert torch.equal(full["method"][k], cut["method"][k])
     strip = lambda recs: [{k: v for k, v in r.items() if k != "sec_per_iter"} for r in recs if r["kind"] == "train"]
     assert strip(read_metrics(tmp_path / "full")) == strip(read_metrics(tmp_path / "cut"))
+
+
+# -- the official code's separate assignment (roi_sampling="separate") ------------------------------------
+def test_separate_sampling_assigns_each_set_on_its_own_and_samples_reliable_positives_first():
+    from ssodlib.methods.labelmatch import sample_separately
+
+    reliable, reliable_labels = torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([2])
+    uncertain, uncertain_labels = torch.tensor([[20.0, 20, 30, 30], [0, 0, 10, 9]]), torch.tensor([0, 1])
+    proposals = torch.tensor([[0.0, 0, 10, 10.5],   # IoU 0.95 with the reliable box, 0.86 with uncertain 1
+                              [21.0, 21, 30, 30],   # IoU 0.81 with uncertain 0
+                              [50.0, 50, 60, 60],   # background for both
+                              [0.0, 0, 30, 30]])    # IoU < 0.5 with every box: background
+    torch.manual_seed(0)
+    rois, labels, index, matched = sample_separately(proposals, reliable, reliable_labels, uncertain,
+                                                     uncertain_labels, batch_size=16, positive_fraction=0.5)
+    by_roi = {tuple(r.tolist()): (int(l), int(i)) for r, l, i in zip(rois, labels, index)}
+    # positives: the reliable box itself and proposal 0 (reliable wins over uncertain 1); the uncertain boxes
+    # themselves and proposal 1 -> targets R + u; negatives: proposals 2 and 3 (budget 16 - 5 = 11, 2 exist)
+    assert by_roi[(0.0, 0.0, 10.0, 10.0)] == (3, 0) and by_roi[(0.0, 0.0, 10.0, 10.5)] == (3, 0)
+    assert by_roi[(20.0, 20.0, 30.0, 30.0)] == (1, 1) and by_roi[(21.0, 21.0, 30.0, 30.0)] == (1, 1)
+    assert by_roi[(0.0, 0.0, 10.0, 9.0)] == (2, 2)
+    assert by_roi[(50.0, 50.0, 60.0, 60.0)] == (0, -1) and by_roi[(0.0, 0.0, 30.0, 30.0)] == (0, -1)
+    assert len(rois) == 7 and torch.equal(matched[index >= 0], torch.cat([reliable, uncertain])[index[index >= 0]])
+
+
+def test_separate_sampling_fills_the_positive_budget_with_reliable_rois_before_uncertain_ones():
+    from ssodlib.methods.labelmatch import sample_separately
+
+    reliable, uncertain = torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([[40.0, 40, 50, 50]])
+    near = lambda b: b + torch.rand(6, 4) * 0.3  # six proposals around each box
+    proposals = torch.cat([near(reliable), near(uncertain), torch.tensor([[80.0, 80, 90, 90]])])
+    torch.manual_seed(0)
+    _, labels, index, _ = sample_separately(proposals, reliable, torch.tensor([0]), uncertain, torch.tensor([1]),
+                                            batch_size=16, positive_fraction=0.5)
+    # budget 8 positives: all 7 reliable (6 proposals + the box), then 1 of 7 uncertain; 8 negatives wanted, 1 exists
+    assert int((index == 0).sum()) == 7 and int((index == 1).sum()) == 1 and int((index == -1).sum()) == 1
+
+
+def test_separate_sampling_runs_in_the_method_and_keeps_the_loss_keys():
+    joint, _ = _losses({**ALL_UNCERTAIN, "mining": False})
+    separate, stats = _losses({**ALL_UNCERTAIN, "mining": False, "roi_sampling": "separate"})
+    assert set(separate) == set(joint) and separate["loss_soft_unsup"].item() > 0
+    torch.testing.assert_close(separate["loss_cls"], joint["loss_cls"])  # labeled images sample as before
+    with pytest.raises(InputError, match="roi_sampling"):
+        get_method("labelmatch")(options={"roi_sampling": "both"})
+
+
+# -- wiring: what the method passes on, pinned ---------------------------------------------------------------
+def test_the_soft_loss_gets_the_image_count_normaliser_and_the_temperature_options(monkeypatch):
+    import ssodlib.methods.labelmatch as lm
+
+    seen = {}
+    real = lm.self_assignment_loss
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm, "self_assignment_loss", spy)
+    _losses({**ALL_UNCERTAIN, "mining": False, "teacher_temperature": 0.3, "student_temperature": 2.0})
+    # one unlabeled image in the tiny batch x the detector's RoI batch size (the official avg_factor)
+    assert seen["normalizer"] == 1 * tiny_detector().config.roi_batch_size
+    assert (seen["teacher_temperature"], seen["student_temperature"]) == (0.3, 2.0)
+    defaults = get_method("labelmatch")().options
+    assert (defaults.teacher_temperature, defaults.student_temperature) == (0.5, 1.0)  # the official tpt / tps
+
+
+def test_act_scores_a_subset_of_act_images_drawn_from_the_seed_and_iteration(smoke_data, monkeypatch):
+    import ssodlib.methods.labelmatch as lm
+
+    labeled, unlabeled = smoke_data
+    drawn = []
+    monkeypatch.setattr(lm, "teacher_class_scores", lambda teacher, dataset, indices, *, view:
+                        drawn.append(list(indices)) or [torch.rand(5) for _ in range(labeled.num_classes)])
+    for seed in (0, 0, 1):
+        method = get_method("labelmatch")(options={"act_images": 7})
+        method.setup(labeled=labeled, unlabeled=unlabeled, run=run_info(train_config("smoke", seed=seed)),
+                     device=torch.device("cpu"))
+        method.update_thresholds(None, iteration=4)
+    assert [len(d) for d in drawn] == [7, 7, 7] and len(unlabeled) > 7
+    assert drawn[0] == drawn[1] != drawn[2]  # the same subset for the same seed and iteration
+    assert get_method("labelmatch")().options.act_images == 10000  # the official manual_length
+
+
+def test_defaults_the_papers_rely_on(monkeypatch):
+    import ssodlib.data.transforms as T
+    from ssodlib.models.detectors.faster_rcnn import FasterRCNNOptions
+
+    # Unbiased Teacher's focal loss of the RoI classifier (gamma 1.5), used when cls_loss="focal"
+    assert FasterRCNNOptions().focal_gamma == 1.5
+    # the strong view's colour jitter is applied with probability 0.8 (Unbiased Teacher's recipe): count
+    # how often strong_view calls it with the default config (400 draws: 320 expected, sd 8)
+    calls = []
+    monkeypatch.setattr(T, "color_jitter", lambda image, config, g: calls.append(1) or image)
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
+    for _ in range(400):
+        T.strong_view(image, T.StrongViewConfig(), g)
+    assert T.StrongViewConfig().jitter_prob == 0.8 and 290 <= len(calls) <= 350
