@@ -63,22 +63,22 @@ def run_one(spec: RunSpec, *, store: ResultsStore, data_root: str | None = None,
         return done
     out = store.run_dir(spec.key)
     config = _runtime_config(spec, store=store, out=out, data_root=data_root, device=device)
-    tic = time.perf_counter()
+    tic, commit = time.perf_counter(), code_commit()  # the code the run starts with, not whatever is checked out later
     if processes > 1:
         final = _launch_ranks(config, out=out, processes=processes)
     else:
         final = Trainer(config, out_dir=out, resume=True, progress=progress).run()
     return _put_record(spec, config, final, store=store, out=out, seconds=time.perf_counter() - tic,
-                       processes=processes)
+                       processes=processes, commit=commit)
 
 
 def _put_record(spec: RunSpec, config, final: dict[str, Any], *, store: ResultsStore, out: Path, seconds: float,
-                processes: int) -> dict[str, Any]:
+                processes: int, commit: str | None) -> dict[str, Any]:
     record = {"paper": spec.paper, "item": spec.item, "row": spec.row, "column": spec.column, "fold": spec.fold,
               "config": config_dict(spec.config), "final": final, "run_dir": str(out.relative_to(store.root)),
               "wall_seconds": seconds, "processes": processes, "host": platform.node(),
               "torch": torch.__version__, "device": config.device, "threads": config.threads,
-              "commit": code_commit(), "machine": machine(config.device),
+              "commit": commit, "machine": machine(config.device),
               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "started_from": config.init_from and str(config.init_from)}
     store.put(spec.key, record)
@@ -97,6 +97,7 @@ class _Job:
     out: Path
     process: subprocess.Popen
     started: float
+    commit: str | None
 
 
 def run_side_by_side(specs: list[RunSpec], *, store: ResultsStore, data_root: str | None = None,
@@ -150,7 +151,7 @@ def _start(spec: RunSpec, *, store: ResultsStore, data_root: str | None, device:
     with open(out / "train.log", "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "ssodlib", "--quiet", "train", "--config", str(cfg_file),
                                     "--out", str(out), "--resume"], stdout=log, stderr=subprocess.STDOUT, env=env)
-    return _Job(spec, config, out, process, time.perf_counter())
+    return _Job(spec, config, out, process, time.perf_counter(), code_commit())
 
 
 def _finish(job: _Job, store: ResultsStore) -> None:
@@ -160,7 +161,7 @@ def _finish(job: _Job, store: ResultsStore) -> None:
                            "lines; the other runs were stopped at a checkpoint and resume on the next call.")
     final = _read_final(job.out)
     _put_record(job.spec, job.config, final, store=store, out=job.out, seconds=time.perf_counter() - job.started,
-                processes=1)
+                processes=1, commit=job.commit)
 
 
 def _runtime_config(spec: RunSpec, *, store: ResultsStore, out: Path, data_root: str | None, device: str | None):

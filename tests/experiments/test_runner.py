@@ -119,6 +119,25 @@ def test_run_plan_runs_every_run_and_writes_its_record(specs, done):
     assert done.records[0]["started_from"] is None
     assert done.records[1]["started_from"] == str(store.run_dir(sup.key) / "checkpoint-2.pt")
     assert done.seen == [(sup.key, 0), (sup.key, 1), (sup.key, 2), (sup.key, 3), (pl.key, 2), (pl.key, 3)]
+    # provenance: the code's commit, the machine, when it finished
+    from datetime import datetime
+
+    from ssodlib.experiments.provenance import code_commit
+
+    for record in done.records:
+        assert record["commit"] == code_commit() and record["commit"]  # a commit id (+dirty when edited)
+        assert record["machine"]["cores"] >= 1 and record["machine"]["cpu"] and record["machine"]["torch"]
+        assert datetime.fromisoformat(record["finished"]).tzinfo is not None
+
+
+def test_a_record_names_the_commit_the_run_started_with(specs, data_root, tmp_path, monkeypatch):
+    """A checkout that moves on while a run trains does not change the commit its record names."""
+    import ssodlib.experiments.runner as runner
+
+    commits = iter(["started-here", "checked-out-later"])
+    monkeypatch.setattr(runner, "code_commit", lambda: next(commits))
+    record = run_plan(specs[:1], results_dir=tmp_path, data_root=data_root, device="cpu", progress=False)[0]
+    assert record["commit"] == "started-here"
 
 
 def test_a_second_call_trains_nothing(specs, done, data_root, monkeypatch):
