@@ -253,7 +253,9 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--columns", default=None, help="comma-separated columns (default: the declared ones)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default: the declared ones)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a TrainConfig field of every run")
-    p.add_argument("--results-dir", type=Path, default=None, help="default: $SSOD_RESULTS_DIR or ./results")
+    p.add_argument("--results-dir", "--store", dest="results_dir", type=Path, default=None,
+                   help="a results store (default: $SSOD_RESULTS_DIR or ./results), or a shipped one such as "
+                        "papers/PAPER/results/mini (report only)")
 
 
 def _add_experiment_parsers(sub: argparse._SubParsersAction) -> None:

@@ -15,7 +15,8 @@ import pandas as pd
 from ssodlib.engine.run_folder import CHECKPOINT_NAME, read_metrics
 from ssodlib.experiments.plan import Item, RunSpec, load_declarations
 from ssodlib.experiments.reference import published
-from ssodlib.experiments.shipped import LayeredStore, report_store
+from ssodlib.experiments.shipped import LayeredStore, is_shipped, report_store
+from ssodlib.experiments.store import default_results_dir
 from ssodlib.io import write_text
 from ssodlib.report import figures
 from ssodlib.report.runs import pseudo_label_means
@@ -36,7 +37,9 @@ def render(items: dict[str, list[RunSpec]], *, paper: str, scale: str, results_d
     paper's shipped results (``shipped``: see :func:`ssodlib.experiments.shipped.report_store`); runs
     that are done nowhere are listed as missing, never invented. ``draw=False``: the tables only."""
     store = report_store(results_dir=results_dir, paper=paper, scale=scale, shipped=shipped)
-    report = Report(out_dir=Path(out_dir) if out_dir else store.root / "reports" / paper / scale)
+    # a report of a shipped folder is written to the local store's reports/, not into the repository
+    home = default_results_dir() if is_shipped(store.root) else store.root
+    report = Report(out_dir=Path(out_dir) if out_dir else home / "reports" / paper / scale)
     decl = load_declarations(paper)
     for item_id, specs in items.items():
         item = decl.item(item_id)

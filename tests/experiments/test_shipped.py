@@ -117,3 +117,15 @@ def test_the_page_is_generated_from_the_shipped_records_and_goes_stale_when_they
     record["final"]["student"]["ap"] = 0.30
     (to / "records" / f"{key}.json").write_text(json.dumps(record))
     assert current_section("ship") != measured_section("ship", scales=["smoke"])
+
+
+def test_a_report_of_the_shipped_folder_itself_writes_nothing_into_it(store, tmp_path, monkeypatch):
+    from ssodlib.report.experiments import render
+
+    to = shipped_dir("ship", "smoke")
+    export(plan("ship", "all", "smoke"), store=store, to=to, command="export")
+    before = sorted(p for p in to.rglob("*"))
+    monkeypatch.setenv("SSOD_RESULTS_DIR", str(tmp_path / "mine"))
+    report = render(plan_items("ship", "all", "smoke"), paper="ship", scale="smoke", results_dir=to)
+    assert sorted(p for p in to.rglob("*")) == before and report.out_dir == tmp_path / "mine" / "reports" / "ship" / "smoke"
+    assert report.tables["tab"].iloc[0, 1] == "19.00 ± 1.41 (2/2 shipped)"
