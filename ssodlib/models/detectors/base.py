@@ -33,6 +33,9 @@ class Detections:
     With candidates: ``candidate_boxes`` ``(Q, 4)`` / ``candidate_scores`` / ``candidate_labels`` are
     every pre-NMS box above the score threshold, and ``cluster[q]`` is the index of the kept detection
     that suppressed (or is) candidate ``q``, -1 when that detection was cut by ``detections_per_img``.
+
+    ``quality`` ``(K,)``: the localisation quality ``v`` in ``[0, 1]`` of each detection, from a box head
+    that estimates one (Faster R-CNN's ``box_head='side_classification'``); ``None`` otherwise.
     """
 
     boxes: Tensor
@@ -43,6 +46,7 @@ class Detections:
     candidate_scores: Tensor | None = None
     candidate_labels: Tensor | None = None
     cluster: Tensor | None = None
+    quality: Tensor | None = None
     extra: dict = field(default_factory=dict)
 
 

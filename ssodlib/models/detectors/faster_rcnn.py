@@ -14,6 +14,11 @@ set of stages:
 
 Boxes are ``x1, y1, x2, y2`` pixels in the (view's) input image. Class labels are ``0..C-1`` at the
 interface; the RoI classifier has ``C + 1`` outputs with background at index 0.
+
+Two box heads (``box_head``): ``"regression"`` (class-specific deltas, smooth-L1 or GIoU; the
+standard) and ``"side_classification"`` (Rethinking Pseudo Labels' localisation as classification,
+:mod:`ssodlib.models.side_buckets`: class-agnostic bins and offsets per side, whose top-bin
+probabilities give each detection a localisation quality ``v``).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from ssodlib.models.detectors.base import Detections, ImageBatch, normalise_and_
 from ssodlib.models.losses import box_regression_loss, softmax_focal_loss
 from ssodlib.models.nms import nms_clusters
 from ssodlib.models.roi_align import MultiScaleRoIAlign, roi_align
+from ssodlib.models.side_buckets import SideBucketPredictor, decode_sides, encode_sides, side_losses, split_side_outputs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,7 +73,15 @@ class FasterRCNNOptions:
     detections_per_img: int = 100
     cls_loss: str = "ce"  # "ce" or "focal"
     focal_gamma: float = 1.5
-    box_loss: str = "smooth_l1"  # "smooth_l1" or "giou"
+    box_loss: str = "smooth_l1"  # "smooth_l1" or "giou" (the regression head's)
+    # "regression": class-specific deltas; "side_classification": class-agnostic side bins + offsets
+    # (models.side_buckets; Rethinking Pseudo Labels, Sec. 2.2)
+    box_head: str = "regression"
+    side_bins: int = 30  # K, bins per side (Rethinking Pseudo Labels' value)
+    side_segment_scale: float = 1.0  # a side's segment length / the RoI's extent on that axis
+    # side head: the detection score is p * v ("product", the paper's certainty-aware score, as SABL's
+    # NMS score) or p ("cls"); it is what the score threshold, NMS and ``Detections.scores`` see
+    side_score: str = "product"
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     size_divisible: int = 32
@@ -79,6 +93,10 @@ class FasterRCNNOptions:
         if len(self.anchor_sizes) != len(FPN_STRIDES):
             raise InputError(f"detector option anchor_sizes={self.anchor_sizes} has {len(self.anchor_sizes)} sizes; "
                              f"the FPN has {len(FPN_STRIDES)} levels (P2..P6). Fix: give one size per level.")
+        if self.box_head == "side_classification" and self.box_loss != "smooth_l1":
+            raise InputError(f"detector option box_loss={self.box_loss!r} is the regression head's; the "
+                             "side-classification head trains its offsets with smooth-L1. Fix: drop box_loss or "
+                             "use box_head='regression'.")
 
     def resolved(self) -> "FasterRCNNOptions":
         """The same options with ``trainable_layers=None`` spelt out as the backbone's standard."""
@@ -86,6 +104,7 @@ class FasterRCNNOptions:
 
 
 _FRACTION = Rule(low=0, high=1)
+BOX_HEADS = ("regression", "side_classification")
 FASTER_RCNN_RULES = {
     "backbone": Rule(choices=BACKBONES), "cls_loss": Rule(choices=("ce", "focal")),
     "box_loss": Rule(choices=("smooth_l1", "giou")), "trainable_layers": Rule(low=0, high=5),
@@ -95,6 +114,8 @@ FASTER_RCNN_RULES = {
     "roi_batch_size": Rule(low=1), "roi_positive_fraction": _FRACTION, "representation_size": Rule(low=1),
     "roi_sampling_ratio": Rule(low=0), "score_thresh": _FRACTION, "nms_thresh": _FRACTION,
     "detections_per_img": Rule(low=1), "focal_gamma": Rule(low=0), "size_divisible": Rule(low=1),
+    "box_head": Rule(choices=BOX_HEADS), "side_bins": Rule(low=2), "side_segment_scale": Rule(low=0, open_low=True),
+    "side_score": Rule(choices=("product", "cls")),
 }
 
 
@@ -131,7 +152,9 @@ class RPNOutput:
 @dataclass
 class RoIOutput:
     """RoI head outputs for ``R`` RoIs (all images, in order): ``class_logits`` ``(R, C + 1)``,
-    ``box_deltas`` ``(R, 4 (C + 1))``, ``features`` ``(R, D)``; ``counts`` RoIs per image."""
+    ``box_deltas`` ``(R, 4 (C + 1))`` (the regression head) or ``(R, 8K)`` side outputs (the
+    side-classification head: bin logits then offsets, see ``FasterRCNN.side_outputs``),
+    ``features`` ``(R, D)``; ``counts`` RoIs per image."""
 
     class_logits: Tensor
     box_deltas: Tensor
@@ -182,7 +205,11 @@ class FasterRCNN(nn.Module):
         self.roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7,
                                            sampling_ratio=c.roi_sampling_ratio)
         self.box_head = TwoMLPHead(c.fpn_channels * 49, c.representation_size)
-        self.box_predictor = FastRCNNPredictor(c.representation_size, c.num_classes + 1)
+        if c.box_head == "side_classification":
+            self.box_predictor = SideBucketPredictor(in_channels=c.representation_size, num_classes=c.num_classes + 1,
+                                                     num_bins=c.side_bins)
+        else:
+            self.box_predictor = FastRCNNPredictor(c.representation_size, c.num_classes + 1)
         self.rpn_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.roi_coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
         self.rpn_matcher = Matcher(c.rpn_iou_thresholds[1], c.rpn_iou_thresholds[0], allow_low_quality_matches=True)
@@ -317,9 +344,11 @@ class FasterRCNN(nn.Module):
 
     def roi_loss(self, rois: RoIOutput, samples: RoISamples, *, regression: bool = True,
                  cls_weights: Tensor | None = None) -> dict[str, Tensor]:
-        """Classification (CE or focal) over sampled RoIs and class-specific box loss of positives.
-        ``cls_weights`` ``(R,)``: per-RoI classification weights; the loss is then their weighted
-        sum divided by their sum (at least 1, as Soft Teacher) instead of the mean."""
+        """Classification (CE or focal) over sampled RoIs and the box loss of positives: class-specific
+        regression, or with the side head the bin cross-entropy plus the offset smooth-L1 of
+        :func:`~ssodlib.models.side_buckets.side_losses`; either summed and divided by the number
+        of sampled RoIs. ``cls_weights`` ``(R,)``: per-RoI classification weights; the loss is then
+        their weighted sum divided by their sum (at least 1, as Soft Teacher) instead of the mean."""
         c = self.config
         labels = torch.cat(samples.labels)
         if c.cls_loss == "focal":
@@ -336,6 +365,8 @@ class FasterRCNN(nn.Module):
         pos = torch.where(labels > 0)[0]
         if not regression or pos.numel() == 0:
             return {"loss_cls": loss_cls, "loss_box": _zero(rois.box_deltas)}
+        if c.box_head == "side_classification":
+            return {"loss_cls": loss_cls, "loss_box": self._side_loss(rois, samples, pos) / max(len(labels), 1)}
         deltas = rois.box_deltas.reshape(len(labels), -1, 4)[pos, labels[pos]]
         props, gt = torch.cat(samples.proposals)[pos], torch.cat(samples.matched_boxes)[pos]
         target = self.roi_coder.encode_single(gt, props)
@@ -343,32 +374,73 @@ class FasterRCNN(nn.Module):
         loss_box = box_regression_loss(deltas, target, kind=c.box_loss, pred_boxes=pred_boxes, target_boxes=gt)
         return {"loss_cls": loss_cls, "loss_box": loss_box / max(len(labels), 1)}
 
-    def decode_boxes(self, rois: RoIOutput, proposals: Sequence[Tensor]) -> Tensor:
-        """Class-specific boxes ``(R, C + 1, 4)`` of every RoI, in float32 whatever the autocast dtype."""
+    def _side_loss(self, rois: RoIOutput, samples: RoISamples, pos: Tensor) -> Tensor:
+        """Summed side-bin cross-entropy and offset loss of the positive RoIs ``pos`` (class-agnostic)."""
+        c = self.config
+        logits, offsets = self.side_outputs(rois)
+        props, gt = torch.cat(samples.proposals)[pos], torch.cat(samples.matched_boxes)[pos]
+        bins, target = encode_sides(props, gt, num_bins=c.side_bins, segment_scale=c.side_segment_scale)
+        loss_bins, loss_offsets = side_losses(logits[pos], offsets[pos], bins, target)
+        return loss_bins + loss_offsets
+
+    def side_outputs(self, rois: RoIOutput) -> tuple[Tensor, Tensor]:
+        """The side head's ``(R, 4, K)`` bin logits and ``(R, 4, K)`` offsets (sides left, top, right, bottom)."""
+        if self.config.box_head != "side_classification":
+            raise ValueError(f"side_outputs needs box_head='side_classification', not {self.config.box_head!r}")
+        return split_side_outputs(rois.box_deltas, num_bins=self.config.side_bins)
+
+    def decode_boxes_and_quality(self, rois: RoIOutput, proposals: Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
+        """Boxes ``(R, C + 1, 4)`` of every RoI in float32 whatever the autocast dtype, and the side head's
+        ``(R,)`` localisation quality ``v`` (``None`` for the regression head). The side head's box is
+        class-agnostic: the same for every class."""
         props = torch.cat([p.detach() for p in proposals]).float()
-        return self.roi_coder.decode(rois.box_deltas.detach().float(), [props]).reshape(len(props), -1, 4)
+        if self.config.box_head != "side_classification":
+            return self.roi_coder.decode(rois.box_deltas.detach().float(), [props]).reshape(len(props), -1, 4), None
+        logits, offsets = self.side_outputs(rois)
+        boxes, quality = decode_sides(props, logits.detach(), offsets.detach(),
+                                      segment_scale=self.config.side_segment_scale)
+        n = len(props)
+        return boxes[:, None, :].expand(n, self.num_classes + 1, 4).contiguous(), quality
+
+    def decode_boxes(self, rois: RoIOutput, proposals: Sequence[Tensor]) -> Tensor:
+        """Boxes ``(R, C + 1, 4)`` of every RoI (class-specific, or the side head's one box per RoI
+        repeated), in float32 whatever the autocast dtype."""
+        return self.decode_boxes_and_quality(rois, proposals)[0]
+
+    def _candidate_scores(self, probs: Tensor, quality: Tensor | None) -> Tensor:
+        """``(n, C)`` scores of one image's RoIs per foreground class: ``p``, or ``p * v`` for the side head
+        with ``side_score='product'``."""
+        if quality is None or self.config.side_score == "cls":
+            return probs[:, 1:]
+        return probs[:, 1:] * quality[:, None]
 
     @torch.no_grad()
     def postprocess(self, rois: RoIOutput, proposals: Sequence[Tensor], batch: ImageBatch, *,
                     with_candidates: bool = False, score_thresh: float | None = None) -> list[Detections]:
         """Per-class score threshold, NMS and top-k, as torchvision; optionally with candidates and
-        the NMS cluster of each (DTG-SSOD's inverse NMS clustering, LabelMatch's mining)."""
+        the NMS cluster of each (DTG-SSOD's inverse NMS clustering, LabelMatch's mining). With the side
+        head, ``Detections.quality`` is each detection's ``v`` and the score is ``p * v`` or ``p``
+        (``side_score``); ``class_probs`` stay the classifier's softmax either way."""
         c = self.config
         thresh = c.score_thresh if score_thresh is None else score_thresh
-        boxes_all = self.decode_boxes(rois, proposals).float()
+        boxes_all, quality_all = self.decode_boxes_and_quality(rois, proposals)
+        boxes_all = boxes_all.float()
         probs_all = F.softmax(rois.class_logits.detach().float(), -1)
+        quality_split = [None] * len(rois.counts) if quality_all is None else quality_all.split(rois.counts)
         out = []
-        for boxes, probs, size in zip(boxes_all.split(rois.counts), probs_all.split(rois.counts), batch.image_sizes):
+        for boxes, probs, quality, size in zip(boxes_all.split(rois.counts), probs_all.split(rois.counts),
+                                               quality_split, batch.image_sizes):
             boxes = clip_boxes_to_image(boxes[:, 1:], size)
             n, k = probs.shape[0], probs.shape[1] - 1
             labels = torch.arange(k, device=probs.device).expand(n, k).reshape(-1)
             roi_index = torch.arange(n, device=probs.device)[:, None].expand(n, k).reshape(-1)
-            scores, boxes = probs[:, 1:].reshape(-1), boxes.reshape(-1, 4)
+            scores, boxes = self._candidate_scores(probs, quality).reshape(-1), boxes.reshape(-1, 4)
             cand = torch.where(scores > thresh)[0]
             cand = cand[remove_small_boxes(boxes[cand], 1e-2)]
             cb, cs, cl, ci = boxes[cand], scores[cand], labels[cand], roi_index[cand]
             keep = batched_nms(cb, cs, cl, c.nms_thresh)[: c.detections_per_img]
-            det = Detections(cb[keep], cs[keep], cl[keep], probs[ci[keep]])
+            det = Detections(cb[keep], cs[keep], cl[keep], probs[ci[keep]],
+                             quality=None if quality is None else quality[ci[keep]])
             if with_candidates:
                 det.candidate_boxes, det.candidate_scores, det.candidate_labels = cb, cs, cl
                 det.cluster = nms_clusters(cb, cl, keep, c.nms_thresh)
