@@ -5,6 +5,7 @@ from ssodlib.methods.base import JointLosses, Method, RunInfo, StepContext, Teac
 from ssodlib.methods.labelmatch import LabelMatch
 from ssodlib.methods.oracle import Oracle
 from ssodlib.methods.pseudo_label import PseudoLabel
+from ssodlib.methods.rethinking_pl import RethinkingPL
 from ssodlib.methods.supervised import Supervised
 
 METHODS: dict[str, type[Method]] = {
@@ -12,6 +13,7 @@ METHODS: dict[str, type[Method]] = {
     "pseudo_label": PseudoLabel,
     "oracle": Oracle,
     "labelmatch": LabelMatch,
+    "rethinking_pl": RethinkingPL,
 }
 
 

@@ -41,6 +41,10 @@ def _step(name: str, smoke, *, burn_in: bool):
     config, labeled, unlabeled, batch = smoke
     method = METHODS[name]()
     method.setup(labeled=labeled, unlabeled=unlabeled, run=run_info(config), device=torch.device("cpu"))
+    # a method whose default options need detector options (e.g. a box head) declares them; the
+    # trainer leaves them to the run's configuration
+    required = getattr(type(method), "required_detector_options", {})
+    config = dataclasses.replace(config, detector_options={**config.detector_options, **required})
     torch.manual_seed(0)
     student = build_detector(config, labeled.num_classes).train()
     teacher = None
