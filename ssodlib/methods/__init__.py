@@ -2,6 +2,7 @@
 
 from ssodlib.io import InputError
 from ssodlib.methods.base import JointLosses, Method, RunInfo, StepContext, TeacherStudentMethod
+from ssodlib.methods.dtg_ssod import DTGSSOD
 from ssodlib.methods.labelmatch import LabelMatch
 from ssodlib.methods.oracle import Oracle
 from ssodlib.methods.pseudo_label import PseudoLabel
@@ -14,6 +15,7 @@ METHODS: dict[str, type[Method]] = {
     "oracle": Oracle,
     "labelmatch": LabelMatch,
     "rethinking_pl": RethinkingPL,
+    "dtg_ssod": DTGSSOD,
 }
 
 

@@ -1,0 +1,277 @@
+"""DTG-SSOD: golden tests of Eq. 2-5 and the anchor correspondence on tiny tensors (arithmetic in the
+comments), the wiring of tau / T / beta, and a smoke-scale training run."""
+
+import math
+
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+import ssodlib.methods.dtg_ssod as dtg
+from ssodlib.config import train_config
+from ssodlib.engine.run_folder import read_metrics
+from ssodlib.engine.trainer import Trainer
+from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
+from ssodlib.io import InputError
+from ssodlib.methods import METHODS, StepContext
+from ssodlib.methods.dtg_ssod import (DTGSSOD, LevelGrid, TeacherOutputs, anchor_levels, inverse_nms_targets,
+                                      level_grids, match_anchors, rank_matching_loss, rcnn_inc, rpn_inc)
+from tiny_setup import tiny_batch, tiny_detector
+
+
+# -- Eq. 4-5: Rank Matching ----------------------------------------------------------------------------
+def _kl(t, s, temperature):
+    dt, ds = torch.softmax(torch.tensor(t) / temperature, 0), torch.softmax(torch.tensor(s) / temperature, 0)
+    return float((dt * (dt.log() - ds.log())).sum())
+
+
+def test_rank_matching_is_the_mean_over_clusters_of_kl_teacher_to_student():
+    # cluster A: teacher [2, 1, 0] -> D_t = (0.665241, 0.244728, 0.090031), student [0, 0, 0] -> 1/3 each:
+    #   KL_A = sum D_t log(3 D_t) = 0.266217 (the reverse KL(D_s || D_t) = 0.308994 must not come out)
+    # cluster B: teacher [3, 0.5] -> (0.924142, 0.075858), student [1, 2] -> (0.268941, 0.731059): KL_B = 0.968868
+    # cluster C: a singleton, KL 0; a candidate in no cluster (-1) is left out
+    # mean over all three clusters: (0.266217 + 0.968868 + 0) / 3 = 0.411695
+    t = torch.tensor([2.0, 1, 0, 3, 0.5, 7, 4])
+    s = torch.tensor([0.0, 0, 0, 1, 2, -3, 9], requires_grad=True)
+    cluster = torch.tensor([4, 4, 4, 1, 1, 9, -1])  # ids need not be contiguous
+    loss = rank_matching_loss(t, s, cluster, 1.0)
+    assert float(loss.detach()) == pytest.approx(0.411695, abs=1e-6)
+    assert float(loss.detach()) != pytest.approx((0.308994 + 0.968868) / 3, abs=1e-3)
+    loss.backward()
+    assert s.grad[6] == 0 and s.grad[5] == 0  # no gradient to the outsider or the singleton
+
+
+@pytest.mark.parametrize("temperature, expected", [(0.5, 0.657555), (1.0, 0.266217), (5.0, 0.013201)])
+def test_rank_matching_divides_both_sides_by_the_temperature(temperature, expected):
+    # cluster A alone: T = 0.5 sharpens D_t to softmax([4, 2, 0]) -> KL 0.657555; T = 5: softmax([.4, .2, 0]) -> 0.013201
+    value = rank_matching_loss(torch.tensor([2.0, 1, 0]), torch.zeros(3), torch.zeros(3, dtype=torch.long), temperature)
+    assert float(value) == pytest.approx(expected, abs=1e-6)
+    assert float(value) == pytest.approx(_kl([2.0, 1, 0], [0.0, 0, 0], temperature), abs=1e-6)
+
+
+def test_rank_matching_detaches_the_teacher_and_is_zero_without_clusters():
+    t = torch.tensor([2.0, 1.0], requires_grad=True)
+    s = torch.tensor([0.0, 0.0], requires_grad=True)
+    rank_matching_loss(t, s, torch.tensor([0, 0]), 1.0).backward()
+    assert t.grad is None and s.grad.abs().sum() > 0
+    none = rank_matching_loss(t, s, torch.tensor([-1, -1]), 1.0)
+    assert float(none) == 0.0 and none.requires_grad
+
+
+# -- the FPN level of an anchor ------------------------------------------------------------------------
+def test_anchor_levels_use_the_square_root_of_the_area():
+    # S = 8, 5 levels: log2(sqrt(64 * 64) / 8) = log2(8) = 3 (the printed log2(area / S) = log2(512) = 9);
+    # every mini anchor size 8, 16, 32, 64, 128 lands on its own level 0..4; a 12 x 6 anchor (size 8,
+    # ratio 0.5 as torchvision rounds it): sqrt(72) = 8.49 -> log2 1.06 = 0.08 -> 0; 45 px: log2 5.66 = 2.5 -> 2
+    # (round half to even); 500 px clamps to 4, 1 px clamps to 0
+    sizes = torch.tensor([64.0, 8, 16, 32, 128, 500, 1, 45])
+    boxes = torch.stack([torch.zeros(8), torch.zeros(8), sizes, sizes], 1)
+    assert anchor_levels(boxes, finest_anchor_size=8, num_levels=5).tolist() == [3, 0, 1, 2, 4, 4, 0, 2]
+    assert anchor_levels(torch.tensor([[0.0, 0, 12, 6]]), finest_anchor_size=8, num_levels=5).tolist() == [0]
+    # the paper's preset: 32 px anchors with S = 32 on level 0, 512 px on level 4
+    paper = torch.tensor([[0.0, 0, 32, 32], [0, 0, 512, 512]])
+    assert anchor_levels(paper, finest_anchor_size=32, num_levels=5).tolist() == [0, 4]
+
+
+# -- Eq. 2-3: Inverse NMS Clustering -------------------------------------------------------------------
+def test_inverse_nms_targets_give_every_member_the_kept_box_and_class():
+    # 5 candidates, 2 kept boxes: candidates 0, 1 in cluster 0 (class 2), 3 in cluster 1 (class 0), 2 and 4 in none
+    kept_boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    labels, boxes = inverse_nms_targets(torch.tensor([0, 0, -1, 1, -1]), kept_boxes, torch.tensor([2, 0]), 5)
+    assert labels.tolist() == [3, 3, 0, 1, 0]  # class + 1; background 0
+    assert torch.equal(boxes[:2], kept_boxes[[0, 0]]) and torch.equal(boxes[3], kept_boxes[1])
+    assert boxes[[2, 4]].abs().sum() == 0
+    # the same clusters as lists of members
+    labels2, boxes2 = inverse_nms_targets([torch.tensor([0, 1]), torch.tensor([3])], kept_boxes, torch.tensor([2, 0]), 5)
+    assert torch.equal(labels, labels2) and torch.equal(boxes, boxes2)
+
+
+def _teacher(logits, class_boxes, proposals) -> TeacherOutputs:
+    z = torch.zeros(1, 0)
+    return TeacherOutputs(z, z.reshape(1, 0, 4), [z.reshape(0, 4)], z[0].long(), [proposals], [logits],
+                          [class_boxes], [])
+
+
+def test_inc_toy_from_the_specification():
+    # C = 2, tau = 0.45, NMS IoU 0.5; probs (bg, c0, c1) and class boxes:
+    # P0 (.05, .90, .05) box_c0 (12,12,50,50); P1 (.25, .70, .05) box_c0 (13,11,52,50): IoU with P0's 0.902
+    # -> same cluster, target P0's box (not its own); P2 (.65, .30, .05): no candidate -> background, although
+    # its proposal (11,12,48,52) has IoU 0.879 with the kept box (positive under IoU assignment: Fig. 3(1));
+    # P3 (.40, .08, .52) box_c1 (102,100,140,132) -> c1; P4 (.04, .46, .50): candidates c0 (58,10,92,50) and
+    # c1 (61,11,91,49), its label is the better one, c1 (0.50 > 0.46). Clusters: {P0,P1}c0, {P4}c0, {P3}c1, {P4}c1.
+    probs = torch.tensor([[.05, .90, .05], [.25, .70, .05], [.65, .30, .05], [.40, .08, .52], [.04, .46, .50]])
+    boxes = torch.zeros(5, 3, 4)
+    boxes[:, :] = torch.tensor([200.0, 200, 210, 210])  # far away for the classes that are no candidates
+    boxes[0, 1] = torch.tensor([12.0, 12, 50, 50])
+    boxes[1, 1] = torch.tensor([13.0, 11, 52, 50])
+    boxes[3, 2] = torch.tensor([102.0, 100, 140, 132])
+    boxes[4, 1] = torch.tensor([58.0, 10, 92, 50])
+    boxes[4, 2] = torch.tensor([61.0, 11, 91, 49])
+    props = torch.tensor([[10.0, 10, 50, 50], [14, 12, 50, 52], [11, 12, 48, 52], [100, 100, 140, 130], [60, 10, 90, 50]])
+    assert float(box_iou(props[2:3], boxes[0, 1][None])) == pytest.approx(0.879, abs=1e-3)
+    st, mapped = rcnn_inc(_teacher(probs.log(), boxes, props), 0, torch.eye(3), (240, 240), tau=0.45, iou=0.5)
+    assert st.labels.tolist() == [1, 1, 0, 2, 2]
+    assert st.boxes[1].tolist() == [12.0, 12, 50, 50] and st.boxes[4].tolist() == [61.0, 11, 91, 49]
+    assert st.num_clusters == 4 and torch.equal(mapped, props)
+    # Rank Matching members: 5 candidates, P0 and P1 share a cluster, P4 is in two
+    assert sorted(st.rm_sample.tolist()) == [0, 1, 3, 4, 4]
+    assert len(set(st.rm_cluster[st.rm_sample <= 1].tolist())) == 1
+
+
+def test_inc_keeps_every_cluster_beyond_the_detection_cap():
+    # 150 well-separated confident proposals: 150 clusters (no detections_per_img = 100 cap before clustering)
+    n = 150
+    x = torch.arange(n, dtype=torch.float32) * 20
+    props = torch.stack([x, torch.zeros(n), x + 10, torch.full((n,), 10.0)], 1)
+    logits = torch.tensor([0.0, 5.0]).expand(n, 2).clone()
+    st, _ = rcnn_inc(_teacher(logits, props[:, None].expand(n, 2, 4).clone(), props), 0, torch.eye(3),
+                     (20, 3100), tau=0.45, iou=0.5)
+    assert st.num_clusters == n and (st.labels == 1).all()
+
+
+def test_inc_maps_targets_through_the_views_and_ignores_clusters_that_leave_them():
+    probs = torch.tensor([[.05, .95], [.05, .95], [.9, .1]])
+    boxes = torch.tensor([[[0.0, 0, 1, 1], [8, 8, 24, 24]], [[0.0, 0, 1, 1], [9, 9, 24, 24]],
+                          [[0.0, 0, 1, 1], [40, 40, 60, 60]]])
+    props = boxes[:, 1].clone()
+    mirror = torch.tensor([[-1.0, 0, 64], [0, 1, 0], [0, 0, 1]])
+    st, mapped = rcnn_inc(_teacher(probs.log(), boxes, props), 0, mirror, (64, 64), tau=0.45, iou=0.5)
+    assert st.labels.tolist() == [1, 1, 0]
+    assert st.boxes[1].tolist() == [40.0, 8, 56, 24]  # the kept box (8,8,24,24) mirrored in a 64 px view
+    assert mapped[0].tolist() == [40.0, 8, 56, 24]
+    shift = torch.tensor([[1.0, 0, 100], [0, 1, 0], [0, 0, 1]])  # everything leaves the 64 px view
+    st, _ = rcnn_inc(_teacher(probs.log(), boxes, props), 0, shift, (64, 64), tau=0.45, iou=0.5)
+    assert st.labels.tolist() == [-1, -1, -1]  # ignored, not background
+
+
+# -- RPN stage: correspondence and INC -----------------------------------------------------------------
+def _grids():
+    det = tiny_detector().eval()
+    batch = det.preprocess([torch.zeros(3, 64, 64)])
+    with torch.no_grad():
+        rpn = det.rpn(det.features(batch), batch)
+    return level_grids(rpn, batch), rpn.anchors[0]
+
+
+def test_mirrored_anchor_matches_its_mirror_image():
+    # level 0: stride 4, 16 x 16 cells, 3 ratios (0.5, 1, 2); the 8 px ratio-1 anchor at (x=3, y=5) is
+    # (8,16,16,24), index (5 * 16 + 3) * 3 + 1 = 250; mirrored in 64 px: (48,16,56,24) at x = 13 -> (5*16+13)*3+1 = 280
+    grids, anchors = _grids()
+    assert grids[0].stride == (4, 4) and (grids[0].height, grids[0].width) == (16, 16)
+    assert anchors[250].tolist() == [8.0, 16, 16, 24]
+    mirrored = torch.tensor([[48.0, 16, 56, 24]])
+    assert match_anchors(mirrored, torch.tensor([0]), grids).tolist() == [280]
+
+
+def test_local_anchor_search_equals_the_brute_force_argmax():
+    grids, anchors = _grids()
+    g = torch.Generator().manual_seed(0)
+    teacher = anchors[torch.randperm(len(anchors), generator=g)[:200]]
+    scale = 0.5 + torch.rand(1, generator=g).item()
+    matrix = torch.tensor([[scale, 0, 3.0], [0, scale, -2.0], [0, 0, 1]])
+    mapped = dtg.transform_boxes(teacher, matrix)
+    levels = anchor_levels(mapped, finest_anchor_size=8, num_levels=5)
+    found = match_anchors(mapped, levels, grids)
+    bounds = [gr.offset for gr in grids] + [len(anchors)]
+    for i in range(len(mapped)):
+        lo, hi = bounds[levels[i]], bounds[levels[i] + 1]
+        best = box_iou(mapped[i:i + 1], anchors[lo:hi]).max()
+        got = box_iou(mapped[i:i + 1], anchors[found[i]][None])[0, 0] if found[i] >= 0 else torch.tensor(0.0)
+        assert float(got) == pytest.approx(float(best), abs=1e-6)
+
+
+def test_rpn_tau_applies_to_the_objectness_probability():
+    # one level, 16 x 16 cells of stride 4, one 8 px anchor per cell; logit 2.3 (sigmoid 0.909) at cell
+    # (x=3, y=5) is a candidate at tau = 0.9, logit 2.0 (sigmoid 0.881) at (10, 10) is not: background
+    xs, ys = torch.meshgrid(torch.arange(16.0) * 4, torch.arange(16.0) * 4, indexing="xy")
+    centres = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
+    anchors = torch.cat([centres - 4, centres + 4], 1)
+    grid = LevelGrid((4, 4), 16, 16, anchors[:1], 0)
+    logits = torch.full((256,), -10.0)
+    logits[5 * 16 + 3], logits[10 * 16 + 10] = 2.3, 2.0
+    t = TeacherOutputs(logits[None], anchors[None], [anchors], torch.zeros(256, dtype=torch.long), [], [], [], [])
+    st = rpn_inc(t, 0, torch.eye(3), (64, 64), [grid], 256, 8.0, tau=0.9, iou=0.7, radius=2)
+    assert st.labels[5 * 16 + 3] == 1 and st.labels[10 * 16 + 10] == 0
+    assert int((st.labels == 1).sum()) == 1 and int((st.labels == -1).sum()) == 0
+    assert st.boxes[5 * 16 + 3].tolist() == anchors[5 * 16 + 3].tolist() and st.num_clusters == 1
+
+
+# -- the method: options and wiring --------------------------------------------------------------------
+def test_registered_and_options_are_checked():
+    assert METHODS["dtg_ssod"] is DTGSSOD
+    with pytest.raises(InputError, match="rpn_mode"):
+        DTGSSOD(options={"rpn_mode": "off"})
+    with pytest.raises(InputError, match="temperature"):
+        DTGSSOD(options={"temperature": 0.0})
+
+
+def _losses(options, monkeypatch=None):
+    student = tiny_detector().train()
+    teacher = tiny_detector().eval().requires_grad_(False)
+    ctx = StepContext(teacher=teacher, iteration=10, burn_in=False, unsup_weight=2.0,
+                      stats=PseudoLabelStats(num_classes=3))
+    torch.manual_seed(0)
+    return DTGSSOD(options=options).losses(student, ctx, tiny_batch(mirrored=True)), ctx
+
+
+def test_tau_temperature_and_beta_reach_their_functions(monkeypatch):
+    seen_tau, seen_t, values = [], [], []
+    real_cc, real_rm = dtg.candidate_clusters, dtg.rank_matching_loss
+
+    def spy_cc(boxes, scores, groups, *, tau, iou):
+        seen_tau.append(tau)
+        return real_cc(boxes, scores, groups, tau=tau, iou=iou)
+
+    def spy_rm(t, s, c, temperature):
+        seen_t.append(temperature)
+        values.append(real_rm(t, s, c, temperature))
+        return values[-1]
+
+    monkeypatch.setattr(dtg, "candidate_clusters", spy_cc)
+    monkeypatch.setattr(dtg, "rank_matching_loss", spy_rm)
+    # low thresholds so that the random tiny teacher has candidates at both stages
+    losses, ctx = _losses({"rpn_tau": 0.3, "rcnn_tau": 0.2, "temperature": 0.7, "beta": 2.5})
+    assert sorted(set(seen_tau)) == [0.2, 0.3] and seen_t == [0.7, 0.7]
+    # the unsupervised weight (2.0) and beta multiply the values the loss function returned
+    assert len(values) == 2  # one per stage
+    got = sorted([float(losses["loss_rpn_rm_unsup"]), float(losses["loss_rm_unsup"])])
+    assert got == pytest.approx(sorted([5.0 * float(v) for v in values]))
+    assert ctx.stats.counts["dtg_rpn_clusters"] > 0 and ctx.stats.counts["dtg_rcnn_clusters"] > 0
+
+
+def test_stage_switches_remove_their_losses():
+    off, _ = _losses({"rpn_mode": "none", "rcnn_rank_matching": False, "rcnn_inc_reg": False, "rcnn_tau": 0.2})
+    assert "loss_rm_unsup" not in off and "loss_rpn_rm_unsup" not in off
+    assert float(off["loss_rpn_cls_unsup"]) == 0 and float(off["loss_box_unsup"]) == 0
+    assert float(off["loss_cls_unsup"]) > 0
+    sparse, _ = _losses({"rpn_mode": "sparse", "rcnn_mode": "sparse", "sparse_threshold": 0.0})
+    assert {"loss_rpn_cls_unsup", "loss_cls_unsup", "loss_box_unsup"} <= set(sparse)
+    assert "loss_rm_unsup" not in sparse
+
+
+def test_student_rcnn_runs_on_the_teachers_proposals(monkeypatch):
+    calls = []
+    real = dtg.FasterRCNN.roi_head
+
+    def spy(self, feats, proposals, batch, **kw):
+        calls.append([p.clone() for p in proposals])
+        return real(self, feats, proposals, batch, **kw)
+
+    monkeypatch.setattr(dtg.FasterRCNN, "roi_head", spy)
+    _losses({"rcnn_tau": 0.2})
+    teacher_props, student_rois = calls[0][0], calls[1][1]  # teacher's call; the student's unlabeled image
+    mirror = torch.tensor([[-1.0, 0, 64], [0, 1, 0], [0, 0, 1]])
+    mapped, keep = dtg.to_student_view(teacher_props, mirror, (64, 64))
+    assert len(student_rois) <= len(teacher_props) and torch.allclose(student_rois, mapped[keep][:len(student_rois)])
+
+
+# -- smoke training ------------------------------------------------------------------------------------
+def test_smoke_training_runs_and_logs_inc_diagnostics(smoke_benchmark, tmp_path):
+    config = train_config("smoke", method="dtg_ssod", data_root=str(smoke_benchmark.root.parent), iterations=4,
+                          burn_in=2, eval_every=100, log_every=1, checkpoint_every=100, threads=1,
+                          detector_options={"cls_loss": "focal"},
+                          method_options={"rpn_tau": 0.5, "rcnn_tau": 0.3})
+    Trainer(config, out_dir=tmp_path, progress=False).run()
+    after = [r for r in read_metrics(tmp_path) if r["kind"] == "train" and r["iteration"] > config.burn_in]
+    assert after and all(math.isfinite(r["loss"]) for r in after)
+    assert all("pl_dtg_rcnn_clusters_per_image" in r and "loss_rpn_cls_unsup" in r for r in after)
