@@ -16,7 +16,8 @@ import pandas as pd
 from ssodlib.engine.run_folder import METRICS_NAME, read_metrics
 from ssodlib.io import InputError
 
-PSEUDO_LABEL_KEYS = ("pl_per_image", "gt_per_image", "pl_precision", "pl_recall", "pl_class_kl",
+PSEUDO_LABEL_KEYS = ("pl_per_image", "gt_per_image", "pl_precision", "pl_precision_any", "pl_recall", "pl_class_kl",
+                     "pl_class_kl_gt",
                      "pl_reliable_per_image", "pl_uncertain_per_image", "pl_mined_per_image")
 
 
