@@ -33,7 +33,7 @@ def shipped_dir(paper: str, scale: str) -> Path:
 
 
 def is_shipped(root: str | os.PathLike) -> bool:
-    return (Path(root) / SHIPPED_MARK).is_file()
+    return ResultsStore(root).shipped
 
 
 def refuse_shipped(root: str | os.PathLike) -> None:

@@ -50,11 +50,16 @@ class ResultsStore:
                              "is then redone.")
         return record
 
+    @property
+    def shipped(self) -> bool:
+        """Whether this is a folder of the repository's measured records (``ssodlib.experiments.shipped``)."""
+        return (self.root / SHIPPED_MARK).is_file()
+
     def source(self, key: str) -> str | None:
-        """``"shipped"`` (a folder of the repository's measured records), ``"local"``, or None (not finished)."""
+        """``"shipped"``, ``"local"``, or None (not finished)."""
         if not self.is_complete(key):
             return None
-        return "shipped" if (self.root / SHIPPED_MARK).is_file() else "local"
+        return "shipped" if self.shipped else "local"
 
     def put(self, key: str, record: dict[str, Any]) -> Path:
         return write_json(self.record_path(key), {**record, "key": key}, indent=2)
