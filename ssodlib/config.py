@@ -46,6 +46,9 @@ class TrainConfig:
     test_scale: int = 256
     max_size: int = 480
     geometric_jitter: bool = False
+    # the student's photometric augmentations (a subset of STRONG_AUGMENTATIONS; Rethinking PL's Table 6):
+    # "color" is colour jitter with random grayscale, "blur" Gaussian blur, "cutout" the erasing passes
+    strong_augment: tuple[str, ...] = ("color", "blur", "cutout")
     # schedule
     iterations: int = 2000
     burn_in: int = 500
@@ -184,7 +187,7 @@ TRAIN_CONFIG_RULES: dict[str, Rule] = {
     "amp": Rule(choices=("none", "bf16", "fp16")), "num_workers": NON_NEGATIVE, "threads": Rule(low=1),
     "snapshots": NON_NEGATIVE, "eval_every": POSITIVE, "eval_images": Rule(low=1),
     "eval_student": Rule(choices=("final", "every")), "checkpoint_every": POSITIVE,
-    "log_every": POSITIVE,
+    "log_every": POSITIVE, "strong_augment": Rule(choices=("color", "blur", "cutout")),
 }
 
 

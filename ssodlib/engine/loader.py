@@ -204,6 +204,20 @@ class KeyedBatches:
             yield [(k, slot, i) for slot, i in enumerate(batch)]
 
 
+def strong_view_config(config: TrainConfig) -> StrongViewConfig:
+    """The student's strong view with only the photometric augmentations of ``config.strong_augment``
+    (Rethinking PL's Table 6 switches them off one by one), plus the geometric jitter when set."""
+    keep = set(config.strong_augment)
+    off: dict = {}
+    if "color" not in keep:
+        off.update(jitter_prob=0.0, grayscale_prob=0.0)
+    if "blur" not in keep:
+        off.update(blur_prob=0.0)
+    if "cutout" not in keep:
+        off.update(cutouts=())
+    return StrongViewConfig(geometric=config.geometric_jitter, **off)
+
+
 def build_loader(config: TrainConfig, files: DataFiles, *, labeled: CocoDetection, uses_unlabeled: bool,
                  start_batch: int, rank: int, world_size: int, pin_memory: bool = False) -> DataLoader:
     unlabeled = None
@@ -213,7 +227,7 @@ def build_loader(config: TrainConfig, files: DataFiles, *, labeled: CocoDetectio
         unlabeled = CocoDetection(ann_file=files.unlabeled_ann, image_dir=files.unlabeled_images,
                                   categories=labeled.label_to_cat_id)
     weak = WeakViewConfig(scales=config.train_scales, max_size=config.max_size)
-    strong = StrongViewConfig(geometric=config.geometric_jitter)
+    strong = strong_view_config(config)
     data = SemiSupervisedData(labeled=labeled, unlabeled=unlabeled, weak=weak, strong=strong, seed=config.seed,
                               rank=rank)
     sampler = MixedBatchSampler(num_labeled=len(labeled), num_unlabeled=len(unlabeled) if unlabeled else 1,

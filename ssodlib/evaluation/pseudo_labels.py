@@ -11,7 +11,12 @@ and class KL:
 * LabelMatch's Fig. 4a and 4c: ``pl_precision_any`` counts a pseudo box as correct when any ground
   truth of its class overlaps it by IoU > 0.5 (the official code's count, duplicates included), and
   ``pl_class_kl_gt`` compares the class distribution with the withheld ground truth of the same
-  unlabeled images.
+  unlabeled images;
+* Rethinking Pseudo Labels' Fig. 3 (localization precision of the teacher's pseudo boxes against the
+  withheld labels at stricter IoU criteria): ``pl_precision_at_iou``, the fraction of pseudo boxes whose
+  one-to-one match (made at IoU 0.5) overlaps its ground truth by at least each of
+  :data:`PRECISION_IOUS` (the match is not redone per criterion: a box keeps the ground truth of
+  largest IoU it found at 0.5, so this is the precision at IoU t up to that greedy choice).
 """
 
 from __future__ import annotations
@@ -62,6 +67,9 @@ def overlaps_own_class(boxes: Tensor, labels: Tensor, gt_boxes: Tensor, gt_label
     return ((iou > iou_threshold) & same).any(1)
 
 
+PRECISION_IOUS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.50, 0.55, ..., 0.95
+
+
 @dataclass
 class PseudoLabelStats:
     """Accumulates diagnostics over images; :meth:`summary` gives the logged numbers."""
@@ -77,13 +85,16 @@ class PseudoLabelStats:
     roi_tp: int = 0
     roi_fp: int = 0
     roi_fn: int = 0
+    tp_at_iou: np.ndarray = field(default=None)  # type: ignore[assignment]  # true positives at PRECISION_IOUS
     pseudo_per_class: np.ndarray = field(default=None)  # type: ignore[assignment]
     gt_per_class: np.ndarray = field(default=None)  # type: ignore[assignment]
     counts: dict[str, float] = field(default_factory=dict)  # method-specific, see add_counts
+    values: dict[str, list[float]] = field(default_factory=dict)  # method-specific, see set_values
 
     def __post_init__(self) -> None:
         self.pseudo_per_class = np.zeros(self.num_classes, np.int64)
         self.gt_per_class = np.zeros(self.num_classes, np.int64)
+        self.tp_at_iou = np.zeros(len(PRECISION_IOUS), np.int64)
 
     def add_image(self, *, boxes: Tensor, labels: Tensor, scores: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> None:
         tp, iou = match_to_ground_truth(boxes, labels, scores, gt_boxes, gt_labels)
@@ -93,6 +104,7 @@ class PseudoLabelStats:
         self.tp += int(tp.sum())
         self.tp_any += int(overlaps_own_class(boxes, labels, gt_boxes, gt_labels).sum())
         self.tp_iou_sum += float(iou[tp].sum())
+        self.tp_at_iou += (iou[tp].numpy()[:, None] >= np.array(PRECISION_IOUS) - 1e-9).sum(0)
         self.pseudo_per_class += np.bincount(labels.cpu().numpy(), minlength=self.num_classes)
         self.gt_per_class += np.bincount(gt_labels.cpu().numpy(), minlength=self.num_classes)
 
@@ -101,6 +113,12 @@ class PseudoLabelStats:
         ``pl_{name}_per_image`` (the sum divided by the images given to :meth:`add_image`)."""
         for name, value in counts.items():
             self.counts[name] = self.counts.get(name, 0.0) + float(value)
+
+    def set_values(self, **values: Tensor | list[float]) -> None:
+        """Method-specific per-class values (e.g. Rethinking PL's ``tau_m``), logged under their names as
+        they were at the last call before the log line (a state, not a sum)."""
+        for name, value in values.items():
+            self.values[name] = [round(float(v), 6) for v in value]
 
     def add_rois(self, *, roi_boxes: Tensor, roi_labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
                  iou_threshold: float = 0.5) -> None:
@@ -129,11 +147,13 @@ class PseudoLabelStats:
             "pl_precision_any": self.tp_any / self.pseudo if self.pseudo else nan,
             "pl_recall": self.tp / self.gt if self.gt else nan,
             "pl_mean_iou_tp": self.tp_iou_sum / self.tp if self.tp else nan,
+            "pl_precision_at_iou": (self.tp_at_iou / self.pseudo).tolist() if self.pseudo else [nan] * len(PRECISION_IOUS),
             "roi_tp": self.roi_tp, "roi_fp": self.roi_fp, "roi_fn": self.roi_fn,
             "pl_per_class": self.pseudo_per_class.tolist(),
             "gt_per_class": self.gt_per_class.tolist(),
         }
         out.update({f"pl_{k}_per_image": v / self.images if self.images else nan for k, v in self.counts.items()})
+        out.update(self.values)
         if self.labeled_class_prior is not None and self.pseudo:
             out["pl_class_kl"] = class_kl(self.pseudo_per_class, self.labeled_class_prior)
         if self.pseudo and self.gt:

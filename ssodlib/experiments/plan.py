@@ -54,6 +54,11 @@ from ssodlib.io import InputError, repository_folder
 RUNTIME_FIELDS = frozenset({"data_root", "device", "num_workers", "threads", "eval_every", "eval_student", "checkpoint_every",
                             "log_every", "init_from", "snapshots"})
 
+# fields added after records were shipped: left out of a run's key while at their default, so the key of
+# every run that does not set them stays what it was (a key names what a run computes, and these
+# defaults compute what the run computed before the field existed)
+KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"strong_augment": ("color", "blur", "cutout")}
+
 # (required, optional) keys of each part of a declaration, as the module docstring describes them
 FILE_KEYS = (frozenset({"items"}), frozenset({"paper", "title"}))
 ITEM_KEYS = (frozenset({"id", "rows", "columns", "scales"}), frozenset({"kind", "title", "metric", "model", "plots"}))
@@ -71,7 +76,8 @@ def papers_dir() -> Path:
 
 def run_key(config: TrainConfig) -> str:
     """A readable, stable key of what a run computes: ``{method}-{percent}pct-f{fold}-{hash}``."""
-    payload = {k: v for k, v in config_dict(config).items() if k not in RUNTIME_FIELDS}
+    payload = {k: v for k, v in config_dict(config).items()
+               if k not in RUNTIME_FIELDS and not (k in KEY_NEUTRAL_DEFAULTS and tuple(v) == KEY_NEUTRAL_DEFAULTS[k])}
     digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:10]
     return f"{config.method}-{config.percent:g}pct-f{config.fold}-{digest}"
 

@@ -282,6 +282,7 @@ class RethinkingPL(TeacherStudentMethod):
         if o.teacher == "fixed":
             self.check_fixed_teacher(ctx.teacher)
         tau_m, alpha_m = self.class_parameters(student.num_classes)  # statistics up to the previous step
+        ctx.stats.set_values(tau_m=tau_m, alpha_m=alpha_m)  # logged per class with the pseudo-label diagnostics
         targets, target_labels = self.pseudo_labels(ctx, batch, tau_m)
         sp = student_pass(student, batch, targets, target_labels)
         lab, unl = slice(0, len(batch.images)), sp.unl

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ssodlib.engine.run_folder import CHECKPOINT_NAME, read_metrics
+from ssodlib.evaluation.pseudo_labels import PRECISION_IOUS
 from ssodlib.experiments.plan import Item, RunSpec, load_declarations
 from ssodlib.experiments.reference import published
 from ssodlib.experiments.shipped import LayeredStore, is_shipped, report_store
@@ -184,6 +185,18 @@ def pseudo_label_table(specs: list[RunSpec], store: LayeredStore) -> pd.DataFram
     return pd.DataFrame(out)
 
 
+def precision_per_iou(records: list[dict[str, Any]]) -> dict[float, float]:
+    """Pseudo-box precision (%) at each IoU criterion of ``PRECISION_IOUS`` over a run's whole training:
+    each log's ``pl_precision_at_iou`` weighted by its pseudo-box count (empty if the run logged none)."""
+    logs = [r for r in records if r.get("pl_images") and "pl_precision_at_iou" in r and r.get("pl_per_image")]
+    if not logs:
+        return {}
+    weights = np.array([r["pl_per_image"] * r["pl_images"] for r in logs], float)
+    values = np.array([r["pl_precision_at_iou"] for r in logs], float)
+    mean = (weights[:, None] * values).sum(0) / weights.sum()
+    return {t: 100.0 * float(v) for t, v in zip(PRECISION_IOUS, mean)}
+
+
 def _label(s: RunSpec) -> str:
     return f"{s.row} {s.column} f{s.fold}"
 
@@ -202,6 +215,11 @@ def _draw(plot: str, item: Item, specs: list[RunSpec], store: LayeredStore, path
             model = item.model if item.model in final else "student"
             curves[_label(s)] = {float(k): 100.0 * v for k, v in final[model]["ap_per_iou"].items()}
         return bool(curves) and figures.ap_per_iou(curves, path=path)
+    if plot == "pseudo_label_precision_per_iou":  # Rethinking PL Fig. 3, from the logged diagnostics
+        curves = {_label(s): precision_per_iou(read_metrics(store.run_dir(s.key))) for s in done}
+        curves = {k: v for k, v in curves.items() if v}
+        return bool(curves) and figures.ap_per_iou(curves, path=path, ylabel="pseudo-box precision (%)",
+                                                       value_name="precision")
     if plot == "class_distribution":
         bars, names = {}, None
         for s in done:
@@ -223,7 +241,8 @@ def _draw(plot: str, item: Item, specs: list[RunSpec], store: LayeredStore, path
 
 
 INSPECTIONS = ("cluster_quality", "detections", "detections_nms")
-PLOTS = ("pseudo_label_curves", "pseudo_label_curves_vs_ground_truth", "ap_per_iou", "class_distribution", "metric_bars", *INSPECTIONS)
+PLOTS = ("pseudo_label_curves", "pseudo_label_curves_vs_ground_truth", "ap_per_iou", "pseudo_label_precision_per_iou",
+         "class_distribution", "metric_bars", *INSPECTIONS)
 CLUSTER_IMAGES = 200  # unlabeled images whose kept boxes make the cluster-quality scatter (paper: 5000)
 SHOWN_IMAGES = 3  # images per run in the qualitative figures
 SHOWN_SCORE = 0.6  # the paper's visualisation threshold (Fig. 5)

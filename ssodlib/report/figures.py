@@ -68,17 +68,19 @@ def pseudo_label_curves(logs: dict[str, list[dict[str, Any]]], *, path: str | os
     return _save(fig, path, pd.DataFrame(rows))
 
 
-def ap_per_iou(curves: dict[str, dict[float, float]], *, path: str | os.PathLike) -> bool:
-    """AP (%) against the IoU threshold 0.50 ... 0.95, one line per run."""
+def ap_per_iou(curves: dict[str, dict[float, float]], *, path: str | os.PathLike, ylabel: str = "AP (%)",
+               value_name: str = "ap") -> bool:
+    """AP (%) (or the ``ylabel`` given, e.g. pseudo-box precision) against the IoU threshold 0.50 ... 0.95,
+    one line per run."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.6))
     rows = []
     for label, points in curves.items():
         x = sorted(points)
         ax.plot(x, [points[t] for t in x], marker="o", ms=3, label=label)
-        rows += [{"run": label, "iou": t, "ap": points[t]} for t in x]
+        rows += [{"run": label, "iou": t, value_name: points[t]} for t in x]
     ax.set_xlabel("IoU threshold")
-    ax.set_ylabel("AP (%)")
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path, pd.DataFrame(rows))

@@ -83,3 +83,22 @@ def test_labelmatch_figure4_kl_compares_with_the_unlabeled_images_ground_truth()
     # pseudo classes [2, 1] = ground truth classes [2, 1]: KL 0; against the labeled prior [1, 1] it is not 0
     assert out["pl_class_kl_gt"] == pytest.approx(0.0, abs=1e-9)
     assert out["pl_class_kl"] == pytest.approx(class_kl(np.array([2, 1]), np.array([1, 1]))) and out["pl_class_kl"] > 0
+
+
+def test_rethinking_figure3_precision_at_stricter_iou_criteria_by_hand():
+    s = PseudoLabelStats(num_classes=2)
+    # box 0 matches GT 0 with IoU 100/120 = 0.833; box 1 GT 1 with IoU 1; box 2 is a false positive
+    s.add_image(boxes=torch.tensor([[0.0, 0, 10, 12], [20, 20, 30, 30], [40, 40, 50, 50]]),
+                labels=torch.tensor([0, 1, 1]), scores=torch.tensor([0.9, 0.8, 0.7]), gt_boxes=GT, gt_labels=GT_LABELS)
+    precision = s.summary()["pl_precision_at_iou"]
+    assert len(precision) == 10
+    # criteria 0.50 ... 0.80: 2 of 3 boxes pass; 0.85 ... 0.95: only the exact box (1 of 3)
+    assert precision == pytest.approx([2 / 3] * 7 + [1 / 3] * 3)
+    assert precision[0] == s.summary()["pl_precision"]  # at 0.5 it is the one-to-one precision
+
+
+def test_precision_at_iou_is_nan_without_pseudo_boxes():
+    s = PseudoLabelStats(num_classes=2)
+    s.add_image(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long), scores=torch.zeros(0),
+                gt_boxes=GT, gt_labels=GT_LABELS)
+    assert all(math.isnan(v) for v in s.summary()["pl_precision_at_iou"])

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import json
 import re
 from pathlib import Path
 
 import pytest
 
-from ssodlib.config import TrainConfig, train_config
+from ssodlib.config import TrainConfig, config_dict, train_config
 from ssodlib.experiments.plan import RUNTIME_FIELDS, load_declarations, plan, plan_items, run_key, with_runtime
 from ssodlib.experiments.reference import published
 from ssodlib.io import InputError
@@ -164,6 +166,17 @@ def test_run_key_ignores_runtime_fields_only():
     assert run_key(a) == run_key(b)  # dict order is not part of the run
     with pytest.raises(ValueError, match="not runtime fields"):
         with_runtime(base, lr=0.1)
+
+
+def test_a_field_added_later_keeps_old_keys_at_its_default_and_changes_them_otherwise():
+    # strong_augment came after records shipped: at its default the key is the key of the same config
+    # hashed without the field (what every shipped record was keyed by); a subset is another run
+    base = train_config("smoke", method="pseudo_label")
+    payload = {k: v for k, v in config_dict(base).items() if k not in RUNTIME_FIELDS and k != "strong_augment"}
+    legacy = hashlib.sha1(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:10]
+    assert run_key(base) == f"pseudo_label-10pct-f1-{legacy}"
+    assert run_key(dataclasses.replace(base, strong_augment=("color", "blur"))) != run_key(base)
+    assert run_key(dataclasses.replace(base, strong_augment=["color", "blur", "cutout"])) == run_key(base)
 
 
 def test_unknown_table_scale_column_and_key_name_the_yaml_file(papers):

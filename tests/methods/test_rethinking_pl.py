@@ -192,8 +192,13 @@ def test_a_step_thresholds_with_the_previous_statistics_weights_by_alpha_and_the
                         lambda s, r, smp, w, **kw: weights.append((torch.cat(smp.labels), w)) or real_loss(s, r, smp, w,
                                                                                                              **kw))
     before = method.counts.clone()
-    losses = method.losses(student, _ctx(_teacher(student)), tiny_batch())
+    ctx = _ctx(_teacher(student))
+    losses = method.losses(student, ctx, tiny_batch())
     assert torch.equal(thresholds[0], expected_tau)
+    # the step's tau_m and alpha_m are logged per class (the statistics before this step's update)
+    assert ctx.stats.values["tau_m"] == pytest.approx(expected_tau.tolist())
+    assert ctx.stats.values["alpha_m"] == pytest.approx(expected_alpha.tolist())
+    assert ctx.stats.summary()["tau_m"] == ctx.stats.values["tau_m"]
     assert len(weights) == 2  # the unlabeled RoIs, then (reweight_scope 'all') the labeled ones
     for labels, w in weights:
         fg = labels > 0
@@ -251,6 +256,7 @@ def test_a_smoke_run_trains_with_a_fixed_teacher(smoke_benchmark, tmp_path):
     Trainer(cfg, out_dir=tmp_path, progress=False).run()
     after = [r for r in read_metrics(tmp_path) if r["kind"] == "train" and r["iteration"] > cfg.burn_in]
     assert after and all(math.isfinite(r["loss"]) and "loss_box_unsup" in r for r in after)
+    assert all(len(r["tau_m"]) == len(r["alpha_m"]) == len(r["pl_per_class"]) for r in after)
 
 
 def test_a_smoke_run_with_the_ema_on_and_a_fixed_teacher_stops_with_the_fix(smoke_benchmark, tmp_path):

@@ -266,3 +266,15 @@ def test_columns_may_name_their_own_metric_and_share_one_run(tmp_path, monkeypat
                     "tail": "50.00 ± 14.14 (2/2 local)"}
     bars = pd.read_csv(tmp_path / "out" / "per_class_metric_bars.csv")
     assert list(bars["column"]) == ["all", "b", "tail"] and list(bars["mean"].round(6)) == [40.0, 30.0, 50.0]
+
+
+def test_pseudo_box_precision_per_iou_weights_each_log_by_its_pseudo_boxes():
+    from ssodlib.report.experiments import precision_per_iou
+
+    logs = [{"iteration": 1, "kind": "train"},  # no pseudo-label diagnostics: left out
+            {"iteration": 2, "pl_images": 2, "pl_per_image": 1.5, "pl_precision_at_iou": [0.6] * 10},  # 3 boxes
+            {"iteration": 3, "pl_images": 2, "pl_per_image": 0.5, "pl_precision_at_iou": [0.2] * 10}]  # 1 box
+    curve = precision_per_iou(logs)
+    assert sorted(curve) == pytest.approx([0.5 + 0.05 * i for i in range(10)])
+    assert all(v == pytest.approx(100 * (3 * 0.6 + 1 * 0.2) / 4) for v in curve.values())  # 50 %
+    assert precision_per_iou(logs[:1]) == {}

@@ -1,0 +1,43 @@
+"""The loader's strong view follows ``TrainConfig.strong_augment`` (Rethinking PL's Table 6 switches)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ssodlib.config import train_config
+from ssodlib.data.transforms import StrongViewConfig, identity, strong_view
+from ssodlib.engine.loader import strong_view_config
+from ssodlib.io import InputError
+
+
+def test_default_strong_view_is_the_full_photometric_augmentation():
+    config = train_config("smoke", method="pseudo_label")
+    assert config.strong_augment == ("color", "blur", "cutout")
+    assert strong_view_config(config) == StrongViewConfig(geometric=config.geometric_jitter)
+
+
+@pytest.mark.parametrize("keep, off", [
+    ((), {"jitter_prob": 0.0, "grayscale_prob": 0.0, "blur_prob": 0.0, "cutouts": ()}),
+    (("color",), {"blur_prob": 0.0, "cutouts": ()}),
+    (("color", "blur"), {"cutouts": ()}),
+    (("blur", "cutout"), {"jitter_prob": 0.0, "grayscale_prob": 0.0}),
+])
+def test_each_switch_turns_off_only_its_augmentation(keep, off):
+    config = dataclasses.replace(train_config("smoke", method="pseudo_label"), strong_augment=keep,
+                                 geometric_jitter=True)
+    assert strong_view_config(config) == StrongViewConfig(geometric=True, **off)
+
+
+def test_no_strong_augmentation_leaves_the_image_as_it_is():
+    config = dataclasses.replace(train_config("smoke", method="pseudo_label"), strong_augment=())
+    image = torch.randint(0, 256, (3, 20, 24), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    out, matrix = strong_view(image, strong_view_config(config), torch.Generator().manual_seed(1))
+    assert torch.equal(out, image) and torch.equal(matrix, identity())
+
+
+def test_an_unknown_augmentation_is_an_error_that_lists_the_choices():
+    with pytest.raises(InputError, match=r"strong_augment.*'colour'.*color"):
+        train_config("smoke", method="pseudo_label", strong_augment=["colour"])
