@@ -158,9 +158,11 @@ class Trainer:
         self.method: Method = get_method(config.method)(options=config.method_options)
         detector_signature(config)  # unknown detector or options: fail before any data is made
         family = self.method.detector_family
-        if family is not None and family != config.detector:
-            raise InputError(f"method {config.method!r} runs on the {family!r} detector family, not on "
-                             f"{config.detector!r}. Fix: set detector={family}.")
+        families = (family,) if isinstance(family, str) else family  # a method may run on several families
+        if families is not None and config.detector not in families:
+            named = " or ".join(repr(f) for f in families)
+            raise InputError(f"method {config.method!r} runs on the {named} detector family, not on "
+                             f"{config.detector!r}. Fix: set detector={families[0]}.")
         self.files = resolve_data(config, progress=progress and self.dist.is_main)
         self.backbone_weights = self._pretrained_tiny_backbone()
 
@@ -293,6 +295,7 @@ class Trainer:
             models["teacher"] = state.teacher
             if not final and c.eval_student == "final":
                 del models["student"]
+        self.method.prepare_evaluation(list(models.values()), iteration=state.iteration - 1)
         for name, model in models.items():
             metrics = evaluate_detector(model, ann_file=self.files.val_ann, image_dir=self.files.val_images,
                                         test_scale=c.test_scale, max_size=c.max_size, device=self.device,
@@ -426,7 +429,8 @@ class Trainer:
         state.scaler.update()
         state.scheduler.step()
         if state.teacher is not None and it >= c.burn_in:
-            ema_update(state.teacher, state.student, keep_rate=c.ema_keep_rate)
+            ema_update(state.teacher, state.student,
+                       keep_rate=self.method.ema_keep_rate(iteration=it, keep_rate=c.ema_keep_rate))
         out = {k: float(v.detach()) for k, v in losses.items()}
         out["loss"] = float(total.detach())
         if c.amp == "fp16":
@@ -454,7 +458,8 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
             state.scheduler.step()
         if state.teacher is not None and it >= self.config.burn_in:
-            ema_update(state.teacher, state.student, keep_rate=self.config.ema_keep_rate)
+            ema_update(state.teacher, state.student,
+                       keep_rate=self.method.ema_keep_rate(iteration=it, keep_rate=self.config.ema_keep_rate))
         return {"skipped_step": 1.0}
 
 

@@ -2,11 +2,13 @@
 
 from ssodlib.io import InputError
 from ssodlib.methods.base import JointLosses, Method, RunInfo, StepContext, TeacherStudentMethod
+from ssodlib.methods.crossmatch import CrossMatch
 from ssodlib.methods.dtg_ssod import DTGSSOD
 from ssodlib.methods.labelmatch import LabelMatch
 from ssodlib.methods.oracle import Oracle
 from ssodlib.methods.pseudo_label import PseudoLabel
 from ssodlib.methods.rethinking_pl import RethinkingPL
+from ssodlib.methods.semi_detr import SemiDETR
 from ssodlib.methods.supervised import Supervised
 
 METHODS: dict[str, type[Method]] = {
@@ -16,6 +18,8 @@ METHODS: dict[str, type[Method]] = {
     "labelmatch": LabelMatch,
     "rethinking_pl": RethinkingPL,
     "dtg_ssod": DTGSSOD,
+    "semi_detr": SemiDETR,
+    "crossmatch": CrossMatch,
 }
 
 

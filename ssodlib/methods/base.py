@@ -55,14 +55,15 @@ class Method:
     """A training method: turns a batch into weighted losses (``loss_*`` keys, summed by the engine).
 
     Subclasses set ``name``, ``uses_teacher``, ``uses_unlabeled``, ``detector_family`` (the family of
-    ``ssodlib.models.build.DETECTOR_FAMILIES`` whose stages it calls; ``None``: any) and an ``Options``
-    dataclass whose fields are the method's switches; ``TrainConfig.method_options`` overrides them.
+    ``ssodlib.models.build.DETECTOR_FAMILIES`` whose stages it calls, or a tuple of the families it runs
+    on; ``None``: any) and an ``Options`` dataclass whose fields are the method's switches;
+    ``TrainConfig.method_options`` overrides them.
     """
 
     name: ClassVar[str] = ""
     uses_teacher: ClassVar[bool] = False
     uses_unlabeled: ClassVar[bool] = False
-    detector_family: ClassVar[str | None] = "faster_rcnn"
+    detector_family: ClassVar[str | tuple[str, ...] | None] = "faster_rcnn"
     Options: ClassVar[type] = NoOptions
 
     def __init__(self, *, options: dict[str, Any] | None = None) -> None:
@@ -87,6 +88,18 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned. Default: nothing to restore."""
+
+    def ema_keep_rate(self, *, iteration: int, keep_rate: float) -> float:
+        """The teacher's keep rate in the EMA update after step ``iteration``, given the configured
+        ``keep_rate`` (a method may ramp it, e.g. Semi-DETR's ``min(keep, 1 - 1 / (t + 1))``).
+        Default: ``keep_rate``."""
+        return keep_rate
+
+    def prepare_evaluation(self, models: list[nn.Module], *, iteration: int) -> None:
+        """Called by the trainer before it evaluates ``models`` (student, teacher) after training step
+        ``iteration`` (0-based; -1 before any): a method whose inference depends on the step sets it
+        here, so an evaluation right after a resume is the same as one in an unbroken run (e.g.
+        Semi-DETR's NMS in stage 1). Default: nothing."""
 
     def losses(self, student: nn.Module, ctx: StepContext, batch: Batch) -> dict[str, Tensor]:
         raise NotImplementedError

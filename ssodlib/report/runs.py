@@ -18,7 +18,10 @@ from ssodlib.io import InputError
 
 PSEUDO_LABEL_KEYS = ("pl_per_image", "gt_per_image", "pl_precision", "pl_precision_any", "pl_recall", "pl_class_kl",
                      "pl_class_kl_gt",
-                     "pl_reliable_per_image", "pl_uncertain_per_image", "pl_mined_per_image")
+                     "pl_reliable_per_image", "pl_uncertain_per_image", "pl_mined_per_image",
+                     # CrossMatch's Fig. 4: the soft branch's RoIs and the true positives of each branch
+                     "pl_cm_soft_rois_per_image", "pl_cm_soft_only_rois_per_image", "pl_cm_tp_hard_only_per_image",
+                     "pl_cm_tp_both_per_image", "pl_cm_tp_soft_only_per_image")
 
 
 def pseudo_label_means(records: list[dict[str, Any]]) -> dict[str, float]:

@@ -69,6 +69,7 @@ class DeformableDETR(DETRBase):
             self.reference_points = nn.Linear(d, 2)
             nn.init.xavier_uniform_(self.reference_points.weight, gain=1.0)
             nn.init.zeros_(self.reference_points.bias)
+        self._add_roi_query_head()
 
     def select_queries(self, memory: Memory) -> Queries:
         """Plain: learnt ``(position, content)`` queries with 2-d references from the position part.

@@ -109,6 +109,7 @@ class DINO(DETRBase):
         self.tgt_embed = nn.Embedding(o.num_queries, o.d_model)
         nn.init.normal_(self.tgt_embed.weight)
         self.label_enc = nn.Embedding(num_classes + 1, o.d_model) if o.dn_number > 0 else None
+        self._add_roi_query_head()
 
     # -- queries ----------------------------------------------------------------------------------------
     def encoder_outputs(self, memory: Memory, *, class_head: nn.Module | None = None,

@@ -36,7 +36,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, clip_boxes_to_image
+from torchvision.ops import batched_nms, clip_boxes_to_image, roi_align
 
 from ssodlib.config import Rule, check_fields, check_ranges
 from ssodlib.io import InputError
@@ -46,8 +46,8 @@ from ssodlib.models.detr.attention import MultiScaleDeformableAttention
 from ssodlib.models.detr.boxes import denormalize_boxes, normalize_boxes
 from ssodlib.models.detr.losses import LossWeights, average_count, set_losses
 from ssodlib.models.detr.matcher import Assignment, CostWeights, HungarianAssigner
-from ssodlib.models.detr.transformer import (MLP, DeformableDecoder, DeformableEncoder, encoder_proposals, refine,
-                                             sine_position_encoding, valid_ratios)
+from ssodlib.models.detr.transformer import (MLP, DeformableDecoder, DeformableEncoder, box_sine_embedding,
+                                             encoder_proposals, refine, sine_position_encoding, valid_ratios)
 from ssodlib.models.detr.trunk import Trunk, input_projection, project_levels
 from ssodlib.models.nms import nms_clusters
 
@@ -88,6 +88,9 @@ class DETROptions:
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     size_divisible: int = 32
+    # Semi-DETR's cross-view queries: a RoIAlign + projector head (:class:`RoIQueryHead`) that embeds
+    # boxes as decoder content queries, built after every other module (off: no such parameters)
+    roi_queries: bool = False
 
     def check(self) -> None:
         """Raise ``InputError`` for a value of the wrong type, outside its range or not a choice."""
@@ -219,6 +222,55 @@ class DecoderOutput:
         return [DecoderOutput(parts[0][i], parts[1][i], parts[2][i], [r[i] for r in refs]) for i in range(len(sizes))]
 
 
+class RoIQueryHead(nn.Module):
+    """Boxes as decoder queries (Semi-DETR, https://arxiv.org/abs/2307.08095, Eq. 9): each box's
+    ``7 x 7`` RoIAlign on one projected level, then the authors' projector shape (two 3x3 convolutions
+    with norm and ReLU, a ``49 D -> 4 D`` linear layer with norm and ReLU, a ``4 D -> D`` linear layer
+    and ReLU) -> ``(N, D)`` content. ``with_pos`` (families whose decoder takes query positions): a
+    linear map of the box's sine embedding gives each query's position.
+
+    From the authors' code (``detr_ssod/models/dino_detr_ssod.py``: ``Projector``, mmdetection's
+    ``SingleRoIExtractor``): the level rule ``clamp(floor(log2(sqrt(wh) / 56 + 1e-6)), 0, L - 1)``,
+    aligned RoIAlign with an adaptive sampling ratio, the layer widths. Ours: GroupNorm / LayerNorm
+    in place of BatchNorm (a batch may hold a single box)."""
+
+    def __init__(self, *, d_model: int, with_pos: bool, output_size: int = 7, finest_scale: float = 56.0) -> None:
+        super().__init__()
+        d, groups = d_model, math.gcd(32, d_model)
+        self.output_size, self.finest_scale = output_size, finest_scale
+        self.convs = nn.Sequential(nn.Conv2d(d, d, 3, padding=1, bias=False), nn.GroupNorm(groups, d), nn.ReLU(),
+                                   nn.Conv2d(d, d, 3, padding=1, bias=False), nn.GroupNorm(groups, d), nn.ReLU())
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(d * output_size ** 2, 4 * d), nn.LayerNorm(4 * d), nn.ReLU(),
+                                nn.Linear(4 * d, d), nn.ReLU())
+        self.pos = nn.Linear(2 * d, d) if with_pos else None
+
+    def levels(self, boxes: Tensor, num_levels: int) -> Tensor:
+        """``(N,)`` level of each pixel ``xyxy`` box ``(N, 4)`` (mmdetection's ``map_roi_levels``)."""
+        scale = ((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)).sqrt()
+        return torch.floor(torch.log2(scale / self.finest_scale + 1e-6)).clamp(0, num_levels - 1).long()
+
+    def forward(self, srcs: Sequence[Tensor], boxes: Sequence[Tensor], padded_size: tuple[int, int]) -> Tensor:
+        """``(N, D)`` contents of per-image pixel ``xyxy`` boxes ``boxes[b]`` ``(N_b, 4)`` (concatenated in
+        image order) on the levels ``srcs[l]`` ``(B, D, H_l, W_l)`` of a batch padded to ``padded_size``."""
+        rois = torch.cat([torch.cat([b.new_full((len(b), 1), float(i)), b.float()], 1) for i, b in enumerate(boxes)])
+        d = srcs[0].shape[1]
+        pooled = srcs[0].new_zeros((len(rois), d, self.output_size, self.output_size))
+        lvl = self.levels(rois[:, 1:], len(srcs))
+        for level, src in enumerate(srcs):
+            idx = torch.where(lvl == level)[0]
+            if len(idx):
+                scale = 2.0 ** round(math.log2(src.shape[-1] / padded_size[1]))
+                pooled[idx] = roi_align(src, rois[idx].to(src.dtype), output_size=self.output_size,
+                                        spatial_scale=scale, sampling_ratio=0, aligned=True)
+        return self.fc(self.convs(pooled))
+
+    def position(self, boxes: Tensor) -> Tensor:
+        """``(..., D)`` query positions of normalised ``cxcywh`` boxes ``(..., 4)`` (``with_pos`` only)."""
+        if self.pos is None:
+            raise RuntimeError("this RoIQueryHead has no position layer (its family derives positions from boxes)")
+        return self.pos(box_sine_embedding(boxes, num_feats=self.pos.out_features // 2, order=(0, 1, 2, 3)))
+
+
 def connected_zero(*tensors: Tensor) -> Tensor:
     """A zero that keeps the graph connected (DDP needs every parameter to receive a gradient)."""
     return sum(t.sum() for t in tensors) * 0.0
@@ -271,6 +323,12 @@ class DETRBase(nn.Module):
                                                       alpha=o.focal_alpha, gamma=o.focal_gamma))
         self.loss_weights = LossWeights(cls=o.cls_loss_weight, l1=o.l1_loss_weight, giou=o.giou_loss_weight,
                                         alpha=o.focal_alpha, gamma=o.focal_gamma)
+
+    def _add_roi_query_head(self) -> None:
+        """With ``options.roi_queries``: the :class:`RoIQueryHead` as ``roi_query_head``; a family calls
+        this last in its constructor, so that every other initial weight is the same with or without it."""
+        if self.options.roi_queries:
+            self.roi_query_head = RoIQueryHead(d_model=self.options.d_model, with_pos=not self.box_query_pos)
 
     def _class_head(self) -> nn.Linear:
         head = nn.Linear(self.options.d_model, self._num_classes)
@@ -492,4 +550,4 @@ def build_family(cls: type, options: DETROptions, num_classes: int, *, trunk_wei
 
 
 __all__ = ["DETROptions", "DETRBase", "DETR_RULES", "DecoderOutput", "EncoderOutputs", "Features", "InferenceSettings",
-           "Memory", "Queries", "Targets", "build_family", "connected_zero", "layer_suffix"]
+           "Memory", "Queries", "RoIQueryHead", "Targets", "build_family", "connected_zero", "layer_suffix"]
