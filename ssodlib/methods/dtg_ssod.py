@@ -20,6 +20,16 @@ dense candidates into clusters, and the student learns that grouping directly ("
   the teacher's post-NMS detections above ``sparse_threshold`` (0.9) as pseudo boxes with the
   detector's IoU assignment and box regression on, per stage, on the same code path. Both stages
   sparse is the computation of ``pseudo_label`` with ``score_thresh 0.9, box_regression, rpn_regression``.
+* The one-stage detector of Table 3c (GFL, :mod:`ssodlib.models.detectors.gfl`; the method dispatches on
+  the student's family, Faster R-CNN is unchanged): one dense stage, its ``gfl_*`` options. The
+  teacher's (location, class) pairs with sigmoid score ``> gfl_tau`` are clustered by its class-wise NMS
+  (the detector's IoU 0.6); each teacher location goes to a student location by the RPN's anchor
+  correspondence (:func:`anchor_levels` with ``S`` the finest anchor, :func:`match_anchors`); members
+  get the kept box's class with GFL's own QFL target, the IoU of the student's predicted box with the
+  kept box mapped into its view (``gfl_quality``), and DFL + GIoU toward that box; locations below
+  ``gfl_tau`` are background; Rank Matching over the members' class-``c`` logits (:func:`gfl_inc`).
+  GFL's losses keep its normalisation (QFL / positives; GIoU, DFL weighted by the predicted score).
+  ``gfl_mode: sparse``: the teacher's detections above ``gfl_sparse_threshold`` with ATSS.
 
 No official code exists (the authors' repository is a placeholder). Facts taken from the authors'
 previous method PseCo where the paper is silent: the teacher's proposals are the student's R-CNN
@@ -39,7 +49,11 @@ Choices of this implementation (the paper is silent or wrong):
 * singleton clusters count in Rank Matching's mean (with KL 0), as "averaged over all NMS clusters";
   no ``T^2`` factor (the equation has none);
 * the teacher is in eval mode, so its proposals use the detector's test-phase counts
-  (``rcnn_max_proposals`` caps them further, for cost).
+  (``rcnn_max_proposals`` caps them further, for cost);
+* GFL: ``gfl_tau = 0.4`` and the sparse baseline's threshold 0.4 (the paper gives neither; 0.4 is the
+  authors' one-stage pseudo-label threshold in PseCo's RetinaNet configuration); no ``nms_pre`` cap
+  before clustering; a location that is a candidate of two classes takes its higher-scoring one's
+  label and box, both stay members for Rank Matching (as at the R-CNN stage).
 """
 
 from __future__ import annotations
@@ -60,11 +74,13 @@ from ssodlib.methods.base import JointLosses, StepContext, TeacherStudentMethod
 from ssodlib.methods.rcnn_passes import to_student_view
 from ssodlib.models.detectors.base import ImageBatch
 from ssodlib.models.detectors.faster_rcnn import FasterRCNN, RoISamples, RPNOutput
+from ssodlib.models.detectors.gfl import GFL, GFLOutput
 from ssodlib.models.losses import box_regression_loss
 from ssodlib.models.nms import nms_clusters, paired_iou
 
 BACKGROUND = 0  # the RoI head's background index (classes are 1..C inside it); RPN: 0 bg, 1 object
 MODES = ("dense", "sparse", "none")  # not "off": YAML reads an unquoted off as false
+GFL_QUALITY = ("iou", "teacher", "one")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,13 +104,26 @@ class DTGOptions:
     rcnn_nms_iou: float | None = None  # None: the detector's nms_thresh
     rcnn_max_proposals: int | None = None  # cap on the teacher proposals per image (cost); None: all
     match_radius: int = 2  # grid cells searched around a mapped anchor's centre
+    # GFL (Table 3c), whose dense head is the one stage (the rpn_* / rcnn_* options are Faster R-CNN's)
+    gfl_mode: str = "dense"  # dense-to-dense (DTG), sparse-to-dense baseline, or no unlabeled loss
+    gfl_tau: float = 0.4  # NMS score threshold of the teacher's candidates (not in the paper, see above)
+    gfl_inc_cls: bool = True  # INC class labels (QFL)
+    gfl_inc_reg: bool = True  # INC box targets (GIoU + DFL)
+    gfl_rank_matching: bool = True
+    gfl_nms_iou: float | None = None  # None: the detector's nms_thresh
+    gfl_sparse_threshold: float = 0.4  # score of the sparse baseline's pseudo boxes
+    # QFL target of the members' class: "iou" (GFL's: IoU of the student's box with the kept box),
+    # "teacher" (the teacher's score of the location's candidate) or "one"
+    gfl_quality: str = "iou"
 
 
 OPTION_RULES = {"rpn_mode": Rule(choices=MODES), "rcnn_mode": Rule(choices=MODES),
                 "rpn_tau": Rule(low=0, high=1), "rcnn_tau": Rule(low=0, high=1),
                 "temperature": Rule(low=0, open_low=True), "beta": Rule(low=0),
                 "sparse_threshold": Rule(low=0, high=1), "rpn_nms_iou": Rule(low=0, high=1),
-                "rcnn_nms_iou": Rule(low=0, high=1), "rcnn_max_proposals": Rule(low=1), "match_radius": Rule(low=0)}
+                "rcnn_nms_iou": Rule(low=0, high=1), "rcnn_max_proposals": Rule(low=1), "match_radius": Rule(low=0),
+                "gfl_mode": Rule(choices=MODES), "gfl_tau": Rule(low=0, high=1), "gfl_nms_iou": Rule(low=0, high=1),
+                "gfl_sparse_threshold": Rule(low=0, high=1), "gfl_quality": Rule(choices=GFL_QUALITY)}
 
 
 # -- maths (pure functions) -----------------------------------------------------------------------
@@ -263,20 +292,24 @@ class StageTargets:
     kept_boxes: Tensor  # (K, 4) teacher view, and their labels / scores (diagnostics)
     kept_labels: Tensor
     kept_scores: Tensor
+    scores: Tensor | None = None  # (S,) the teacher's score of each sample's candidate (GFL's quality option)
 
 
 class DTGSSOD(TeacherStudentMethod):
-    """Inverse NMS Clustering and Rank Matching at the RPN and R-CNN stages (see the module docstring)."""
+    """Inverse NMS Clustering and Rank Matching at the RPN and R-CNN stages of Faster R-CNN, or at GFL's
+    dense head (see the module docstring)."""
 
     name = "dtg_ssod"
-    detector_family = "faster_rcnn"
+    detector_family = ("faster_rcnn", "gfl")
     Options = DTGOptions
 
     def __init__(self, *, options=None) -> None:
         super().__init__(options=options)
         check_ranges(self.options, OPTION_RULES, what=f"method {self.name!r} option")
 
-    def unsupervised_losses(self, student: FasterRCNN, ctx: StepContext, batch: Batch) -> JointLosses:
+    def unsupervised_losses(self, student: FasterRCNN | GFL, ctx: StepContext, batch: Batch) -> JointLosses:
+        if isinstance(student, GFL):
+            return self._gfl_step(student, ctx, batch)
         o = self.options
         t = _teacher_outputs(ctx.teacher, batch.weak, max_proposals=o.rcnn_max_proposals)
         n_lab = len(batch.images)
@@ -407,6 +440,78 @@ class DTGSSOD(TeacherStudentMethod):
             losses["loss_rpn_rm"] = o.beta * rank_matching_loss(torch.cat(rm[0]), torch.cat(rm[1]), torch.cat(rm[2]),
                                                                 o.temperature)
         return losses
+
+    # -- GFL (Table 3c) ------------------------------------------------------------------------------
+    def _gfl_step(self, student: GFL, ctx: StepContext, batch: Batch) -> JointLosses:
+        """One student pass over the labeled images and the strong views; GFL's supervised losses on the
+        former, the ``gfl_mode`` losses on the latter."""
+        t = _gfl_teacher_outputs(ctx.teacher, batch.weak, detections=self.options.gfl_mode == "sparse")
+        n_lab = len(batch.images)
+        sb = student.preprocess(batch.images + batch.strong)
+        out = student.dense(student.features(sb))
+        supervised = student.head_losses(out.select(slice(0, n_lab)), batch.boxes, batch.labels)
+        return JointLosses(supervised, self._gfl_losses(student, ctx, t, batch, out.select(slice(n_lab, None))))
+
+    def _gfl_losses(self, student: GFL, ctx: StepContext, t: "GFLTeacherOutputs", batch: Batch,
+                    out: GFLOutput) -> dict[str, Tensor]:
+        o = self.options
+        if o.gfl_mode == "none":
+            return {"loss_cls": _zero_like(out.cls_logits), "loss_bbox": _zero_like(out.reg_logits),
+                    "loss_dfl": _zero_like(out.reg_logits)}
+        if o.gfl_mode == "sparse":
+            return student.head_losses(out, *self._gfl_pseudo_boxes(ctx, t, batch))
+        grids = gfl_level_grids(out)
+        iou = student.options.nms_thresh if o.gfl_nms_iou is None else o.gfl_nms_iou
+        targets = []
+        for b, (m, strong) in enumerate(zip(batch.teacher_to_student, batch.strong)):
+            st = gfl_inc(t, b, m, strong.shape[1:], grids, len(out.anchors), student.finest_anchor_size,
+                         tau=o.gfl_tau, iou=iou, radius=o.match_radius)
+            targets.append(st)
+            ctx.stats.add_image(boxes=st.kept_boxes, labels=st.kept_labels, scores=st.kept_scores,
+                                gt_boxes=batch.gt_weak_boxes[b], gt_labels=batch.gt_weak_labels[b])
+            ctx.stats.add_counts(dtg_gfl_clusters=st.num_clusters, dtg_gfl_members=int((st.rm_cluster >= 0).sum()),
+                                 dtg_gfl_fg_targets=int((st.labels > 0).sum()))
+        labels = torch.stack([st.labels for st in targets])
+        quality = None
+        if o.gfl_quality == "teacher":
+            quality = torch.stack([st.scores for st in targets])
+        elif o.gfl_quality == "one":
+            quality = torch.ones(labels.shape, device=labels.device)
+        losses = student.dense_losses(out, labels, torch.stack([st.boxes for st in targets]), quality=quality)
+        if not o.gfl_inc_cls:
+            losses["loss_cls"] = _zero_like(out.cls_logits)
+        if not o.gfl_inc_reg:
+            losses["loss_bbox"] = losses["loss_dfl"] = _zero_like(out.reg_logits)
+        if o.gfl_rank_matching:
+            losses["loss_rm"] = o.beta * self._gfl_rm(out, targets)
+        return losses
+
+    def _gfl_rm(self, out: GFLOutput, targets: list[StageTargets]) -> Tensor:
+        """Rank Matching over all images' clusters: the student's class-``c`` logit at each member's
+        location."""
+        t_logits, s_logits, clusters, offset = [], [], [], 0
+        for b, st in enumerate(targets):
+            ok = st.rm_sample >= 0
+            t_logits.append(st.rm_teacher[ok])
+            s_logits.append(out.cls_logits[b, st.rm_sample[ok], st.rm_class[ok]])
+            clusters.append(st.rm_cluster[ok] + offset)
+            offset += st.num_clusters
+        return rank_matching_loss(torch.cat(t_logits), torch.cat(s_logits), torch.cat(clusters),
+                                  self.options.temperature)
+
+    def _gfl_pseudo_boxes(self, ctx: StepContext, t: "GFLTeacherOutputs", batch: Batch) -> tuple[list, list]:
+        """The sparse baseline's pseudo boxes: the teacher's detections scoring at least
+        ``gfl_sparse_threshold``, in the student's view."""
+        boxes, labels = [], []
+        for det, m, strong, gt_b, gt_l in zip(t.detections, batch.teacher_to_student, batch.strong,
+                                              batch.gt_weak_boxes, batch.gt_weak_labels):
+            keep = det.scores >= self.options.gfl_sparse_threshold
+            ctx.stats.add_image(boxes=det.boxes[keep], labels=det.labels[keep], scores=det.scores[keep],
+                                gt_boxes=gt_b, gt_labels=gt_l)
+            mapped, ok = to_student_view(det.boxes[keep], m, strong.shape[1:])
+            boxes.append(mapped[ok])
+            labels.append(det.labels[keep][ok])
+        return boxes, labels
 
 
 def _zero_like(t: Tensor) -> Tensor:
@@ -540,3 +645,78 @@ def rpn_loss_from_labels(student: FasterRCNN, rpn: RPNOutput, labels: Tensor, bo
     anchors = torch.stack(rpn.anchors)
     target = student.rpn_coder.encode_single(boxes[pos].to(anchors), anchors[pos])
     return {"loss_rpn_cls": loss_obj, "loss_rpn_reg": box_regression_loss(deltas[pos], target) / n}
+
+
+# -- GFL (Table 3c) ---------------------------------------------------------------------------------
+@dataclass
+class GFLTeacherOutputs:
+    """The teacher GFL on the weak views: per image its class logits ``(M, C)`` and decoded boxes
+    ``(M, 4)`` (clipped), the batch's anchors ``(M, 4)``, and its post-NMS detections (sparse baseline)."""
+
+    logits: Tensor
+    boxes: Tensor
+    anchors: Tensor
+    detections: list
+
+
+@torch.no_grad()
+def _gfl_teacher_outputs(teacher: GFL, weak: list[Tensor], *, detections: bool) -> GFLTeacherOutputs:
+    tb = teacher.preprocess(weak)
+    out = teacher.dense(teacher.features(tb))
+    boxes = torch.stack([clip_boxes_to_image(bx, s) for bx, s in zip(teacher.decode(out), tb.image_sizes)])
+    dets = teacher.postprocess(out, tb) if detections else []
+    return GFLTeacherOutputs(out.cls_logits.float(), boxes, out.anchors, dets)
+
+
+def gfl_level_grids(out: GFLOutput) -> list[LevelGrid]:
+    """GFL's location grids as anchor grids for :func:`match_anchors` (one anchor per location)."""
+    grids, offset = [], 0
+    for (h, w), stride, n in zip(out.level_sizes, out.level_strides, out.num_per_level):
+        grids.append(LevelGrid((stride, stride), h, w, out.anchors[offset:offset + 1], offset))
+        offset += n
+    return grids
+
+
+def gfl_inc(t: GFLTeacherOutputs, b: int, matrix: Tensor, size: tuple[int, int], grids: Sequence[LevelGrid],
+            num_student_locations: int, finest_anchor_size: float, *, tau: float, iou: float,
+            radius: int) -> StageTargets:
+    """Image ``b``'s INC on GFL: candidates are (location, class) pairs with ``sigmoid(logit) > tau`` on the
+    location's decoded box, clustered by the teacher's class-wise NMS; each location takes its best
+    candidate's cluster (class + 1, the kept box in the student's view, the candidate's score) and sends
+    it to the student location its anchor corresponds to (teacher anchor -> student view ->
+    :func:`anchor_levels` -> :func:`match_anchors`; foreground first, then the higher teacher score).
+    Labels ``(S,)``: 1..C members, 0 background, -1 ignored (no teacher location reaches it, or its
+    cluster's kept box left the student's view); ``rm_class`` is the cluster's class ``0..C-1``."""
+    logits, boxes, anchors = t.logits[b], t.boxes[b], t.anchors
+    m, c = logits.shape
+    probs = logits.sigmoid()
+    flat = probs.reshape(-1)
+    sel = torch.where(flat > tau)[0]
+    loc, cls = sel // c, sel % c
+    cand, cluster, keep = candidate_clusters(boxes[loc], flat[sel], cls, tau=tau, iou=iou)
+    loc, cls, score = loc[cand], cls[cand], flat[sel][cand]
+    kept_boxes = boxes[loc[keep]]
+    cand_labels, _ = inverse_nms_targets(cluster, kept_boxes, cls[keep], len(loc))
+    mapped_kept, kept_ok = to_student_view(kept_boxes, matrix, size)
+    member = (cluster >= 0) & kept_ok[cluster.clamp(min=0)]  # a kept box outside the view: ignored
+    best = best_candidate_per_sample(loc, score, m)
+    has = best >= 0
+    t_labels = torch.zeros(m, dtype=torch.int64, device=logits.device)
+    t_boxes, t_scores = boxes.new_zeros((m, 4)), probs.new_zeros(m)
+    t_labels[has] = torch.where(member[best[has]], cand_labels[best[has]], -1)
+    t_boxes[has] = mapped_kept[cluster[best[has]].clamp(min=0)]
+    t_scores[has] = score[best[has]]
+    mapped_anchors = _map_boxes(anchors, matrix)
+    levels = anchor_levels(mapped_anchors, finest_anchor_size=finest_anchor_size, num_levels=len(grids))
+    s_index = match_anchors(mapped_anchors, levels, grids, radius=radius)
+    priority = (t_labels > 0).float() * 2 + probs.amax(1)
+    winner = scatter_by_priority(torch.where(t_labels >= 0, s_index, -1), priority, num_student_locations)
+    labels = torch.full((num_student_locations,), -1, dtype=torch.int64, device=logits.device)
+    s_boxes, s_scores = boxes.new_zeros((num_student_locations, 4)), probs.new_zeros(num_student_locations)
+    won = winner >= 0
+    labels[won], s_boxes[won], s_scores[won] = t_labels[winner[won]], t_boxes[winner[won]], t_scores[winner[won]]
+    rm_cluster = torch.where(member & (s_index[loc] >= 0), cluster, -1)
+    return StageTargets(labels, s_boxes, rm_teacher=logits[loc, cls],
+                        rm_sample=torch.where(rm_cluster >= 0, s_index[loc], -1), rm_cluster=rm_cluster,
+                        rm_class=cls, num_clusters=len(keep), kept_boxes=kept_boxes, kept_labels=cls[keep],
+                        kept_scores=score[keep], scores=s_scores)

@@ -21,6 +21,7 @@ from ssodlib.io import InputError
 from ssodlib.models.detectors.deformable_detr import DeformableDETROptions, build_deformable_detr
 from ssodlib.models.detectors.dino import DINOOptions, build_dino
 from ssodlib.models.detectors.faster_rcnn import DetectorConfig, FasterRCNN, FasterRCNNOptions
+from ssodlib.models.detectors.gfl import GFLOptions, build_gfl
 from ssodlib.models.pretrain import ensure_pretrained_backbone
 
 
@@ -47,6 +48,7 @@ DETECTOR_FAMILIES: dict[str, DetectorFamily] = {
     "faster_rcnn": DetectorFamily("faster_rcnn", FasterRCNNOptions, _build_faster_rcnn),
     "deformable_detr": DetectorFamily("deformable_detr", DeformableDETROptions, build_deformable_detr),
     "dino": DetectorFamily("dino", DINOOptions, build_dino),
+    "gfl": DetectorFamily("gfl", GFLOptions, build_gfl),
 }
 
 

@@ -275,3 +275,171 @@ def test_smoke_training_runs_and_logs_inc_diagnostics(smoke_benchmark, tmp_path)
     after = [r for r in read_metrics(tmp_path) if r["kind"] == "train" and r["iteration"] > config.burn_in]
     assert after and all(math.isfinite(r["loss"]) for r in after)
     assert all("pl_dtg_rcnn_clusters_per_image" in r and "loss_rpn_cls_unsup" in r for r in after)
+
+
+# -- GFL (Table 3c) ------------------------------------------------------------------------------------
+def _gfl_grid(n: int = 8, stride: int = 8, size: int = 16) -> torch.Tensor:
+    """``n x n`` square anchors of side ``size`` centred at ``(x * stride, y * stride)``, index ``y * n + x``."""
+    return torch.tensor([[x * stride - size / 2, y * stride - size / 2, x * stride + size / 2, y * stride + size / 2]
+                         for y in range(n) for x in range(n)])
+
+
+def _gfl_toy():
+    # one stride-8 level of 8 x 8 locations (a 64 px view), anchors of 16 px, C = 2, tau = 0.4, NMS IoU 0.6;
+    # every location's decoded box is its anchor unless set, its scores sigmoid(-10) unless set:
+    #   L18 (x=2, y=2): c0 0.9, box (8,8,24,24); L19 (x=3, y=2): c0 0.7, box (9,8,25,24), IoU with L18's
+    #   240 / 272 = 0.882 > 0.6 -> L18's cluster, target L18's box; L54 (x=6, y=6): c0 0.5 and c1 0.8 on one
+    #   box (40,40,56,56) -> two clusters (class-wise NMS), its label is c1 (0.8 > 0.5); L27 (x=3, y=3):
+    #   c0 0.3 < tau -> background (though its box overlaps L18's); L36 (x=4, y=4): c0 0.95 on a box 1 px
+    #   wide, (0,30,1,40), which the student's view drops (min size 2) -> its members are ignored, not background
+    anchors = _gfl_grid()
+    logits, boxes = torch.full((64, 2), -10.0), anchors.clone()
+    for loc, probs, box in [(18, (0.9, None), (8, 8, 24, 24)), (19, (0.7, None), (9, 8, 25, 24)),
+                            (54, (0.5, 0.8), (40, 40, 56, 56)), (27, (0.3, None), (10, 10, 26, 26)),
+                            (36, (0.95, None), (0, 30, 1, 40))]:
+        logits[loc] = torch.tensor([p if p is not None else 0.0 for p in probs]).logit().clamp(min=-10)
+        boxes[loc] = torch.tensor(box, dtype=torch.float32)
+    teacher = dtg.GFLTeacherOutputs(logits[None], boxes[None], anchors, [])
+    return teacher, [LevelGrid((8, 8), 8, 8, anchors[:1], 0)]
+
+
+def test_gfl_inc_toy():
+    teacher, grids = _gfl_toy()
+    st = dtg.gfl_inc(teacher, 0, torch.eye(3), (64, 64), grids, 64, 16.0, tau=0.4, iou=0.6, radius=2)
+    expected = torch.zeros(64, dtype=torch.long)
+    expected[[18, 19]], expected[54], expected[36] = 1, 2, -1
+    assert st.labels.tolist() == expected.tolist()
+    assert st.boxes[19].tolist() == [8.0, 8, 24, 24] and st.boxes[54].tolist() == [40.0, 40, 56, 56]
+    assert st.scores[[18, 19, 54]].tolist() == pytest.approx([0.9, 0.7, 0.8], abs=1e-6)  # the teacher's candidates
+    assert st.num_clusters == 4  # {L18, L19} c0, {L54} c0, {L54} c1, {L36} c0
+    # Rank Matching: the candidates of clusters inside the view, at their student locations, with their class
+    members = sorted(zip(st.rm_sample[st.rm_cluster >= 0].tolist(), st.rm_class[st.rm_cluster >= 0].tolist()))
+    assert members == [(18, 0), (19, 0), (54, 0), (54, 1)]
+    c = st.rm_cluster
+    assert c[st.rm_sample == 18].item() == c[st.rm_sample == 19].item() and len(set(c[st.rm_sample == 54].tolist())) == 2
+    assert st.rm_teacher[st.rm_sample == 19].item() == pytest.approx(math.log(0.7 / 0.3), abs=1e-5)
+
+
+def test_gfl_inc_maps_locations_and_targets_through_a_mirror():
+    # mirrored 64 px view: the anchor of L18 (centre (16, 16)) -> centre (48, 16) = student location x=6, y=2 (22);
+    # L19 (24, 16) -> (40, 16) = 21; L54 (48, 48) -> (16, 48) = 50; targets mirrored: (8,8,24,24) -> (40,8,56,24);
+    # the student's column x=0 (centre 0) is no teacher anchor's image (x=8 would be): ignored
+    teacher, grids = _gfl_toy()
+    mirror = torch.tensor([[-1.0, 0, 64], [0, 1, 0], [0, 0, 1]])
+    st = dtg.gfl_inc(teacher, 0, mirror, (64, 64), grids, 64, 16.0, tau=0.4, iou=0.6, radius=2)
+    assert st.labels[[22, 21, 50]].tolist() == [1, 1, 2]
+    assert st.boxes[21].tolist() == [40.0, 8, 56, 24] and st.boxes[50].tolist() == [8.0, 40, 24, 56]
+    ignored = torch.where(st.labels == -1)[0].tolist()
+    assert ignored == sorted([y * 8 for y in range(8)] + [36])  # column 0, and L36's image (centre (32, 32) stays)
+    assert int((st.labels > 0).sum()) == 3
+    assert sorted(st.rm_sample[st.rm_cluster >= 0].tolist()) == [21, 22, 50, 50]
+
+
+def _gfl_detector():
+    from ssodlib.models.detectors.gfl import GFL, GFL_PRESETS, GFLOptions
+    torch.manual_seed(0)
+    return GFL(options=GFLOptions(**GFL_PRESETS["smoke"]), num_classes=3)
+
+
+def _gfl_losses(options):
+    student = _gfl_detector().train()
+    teacher = _gfl_detector().eval().requires_grad_(False)
+    ctx = StepContext(teacher=teacher, iteration=10, burn_in=False, unsup_weight=2.0,
+                      stats=PseudoLabelStats(num_classes=3))
+    torch.manual_seed(0)
+    return DTGSSOD(options=options).losses(student, ctx, tiny_batch(mirrored=True)), ctx
+
+
+def test_gfl_tau_temperature_beta_and_quality_reach_their_functions(monkeypatch):
+    seen_tau, seen_t, values = [], [], []
+    real_cc, real_rm = dtg.candidate_clusters, dtg.rank_matching_loss
+    real_dense = dtg.GFL.dense_losses
+
+    def spy_cc(boxes, scores, groups, *, tau, iou):
+        seen_tau.append((tau, iou))
+        return real_cc(boxes, scores, groups, tau=tau, iou=iou)
+
+    def spy_rm(t, s, c, temperature):
+        seen_t.append(temperature)
+        values.append(real_rm(t, s, c, temperature))
+        return values[-1]
+
+    monkeypatch.setattr(dtg, "candidate_clusters", spy_cc)
+    monkeypatch.setattr(dtg, "rank_matching_loss", spy_rm)
+    # a low threshold, so that the untrained teacher (scores near the 0.01 prior) has candidates
+    losses, ctx = _gfl_losses({"gfl_tau": 0.009, "temperature": 0.7, "beta": 2.5})
+    assert seen_tau == [(0.009, 0.6)] and seen_t == [0.7]  # one image; the detector's NMS IoU
+    assert float(losses["loss_rm_unsup"]) == pytest.approx(2.0 * 2.5 * float(values[0]))
+    assert {"loss_cls_unsup", "loss_bbox_unsup", "loss_dfl_unsup", "loss_cls", "loss_bbox", "loss_dfl"} <= set(losses)
+    assert ctx.stats.counts["dtg_gfl_clusters"] > 0 and ctx.stats.counts["dtg_gfl_fg_targets"] > 0
+    seen = []
+    monkeypatch.setattr(dtg.GFL, "dense_losses", lambda self, out, labels, boxes, quality=None:
+                        seen.append(quality) or real_dense(self, out, labels, boxes, quality=quality))
+    for option in ("iou", "teacher", "one"):
+        _gfl_losses({"gfl_tau": 0.009, "gfl_quality": option})
+    iou_q, teacher_q, one_q = seen[1], seen[3], seen[5]  # each step: the labeled images' call, then the unlabeled
+    assert iou_q is None and torch.equal(one_q, torch.ones_like(one_q))
+    assert teacher_q.shape == one_q.shape and 0.009 < float(teacher_q[teacher_q > 0].min()) < 1
+
+
+def test_gfl_stage_switches():
+    none, _ = _gfl_losses({"gfl_mode": "none"})
+    assert all(float(none[k]) == 0 for k in ("loss_cls_unsup", "loss_bbox_unsup", "loss_dfl_unsup"))
+    assert "loss_rm_unsup" not in none and float(none["loss_cls"]) > 0
+    sparse, _ = _gfl_losses({"gfl_mode": "sparse", "gfl_sparse_threshold": 0.0})
+    assert {"loss_cls_unsup", "loss_bbox_unsup", "loss_dfl_unsup"} <= set(sparse) and "loss_rm_unsup" not in sparse
+    off, _ = _gfl_losses({"gfl_tau": 0.009, "gfl_inc_cls": False, "gfl_inc_reg": False, "gfl_rank_matching": False})
+    assert float(off["loss_cls_unsup"]) == 0 and float(off["loss_bbox_unsup"]) == 0 and "loss_rm_unsup" not in off
+    on, _ = _gfl_losses({"gfl_tau": 0.009})
+    assert float(on["loss_cls_unsup"]) > 0 and float(on["loss_bbox_unsup"]) > 0
+
+
+def test_faster_rcnn_ignores_the_gfl_options():
+    base, _ = _losses({"rcnn_tau": 0.2})
+    other, _ = _losses({"rcnn_tau": 0.2, "gfl_mode": "none", "gfl_tau": 0.9, "gfl_quality": "one"})
+    assert base.keys() == other.keys() and all(torch.equal(base[k], other[k]) for k in base)
+
+
+def test_dtg_ssod_runs_on_faster_rcnn_and_gfl_only(tmp_path):
+    from ssodlib.models.detr_presets import detr_train_overrides
+
+    with pytest.raises(InputError, match="'faster_rcnn' or 'gfl' detector family, not on 'dino'"):
+        Trainer(train_config("smoke", method="dtg_ssod", **detr_train_overrides("dino", "smoke")), out_dir=tmp_path,
+                progress=False)
+
+
+def test_gfl_smoke_training_runs_and_logs_inc_diagnostics(smoke_benchmark, tmp_path):
+    from ssodlib.models.detectors.gfl import GFL_PRESETS
+
+    config = train_config("smoke", method="dtg_ssod", detector="gfl", detector_options=GFL_PRESETS["smoke"],
+                          data_root=str(smoke_benchmark.root.parent), iterations=4, burn_in=2, eval_every=4,
+                          log_every=1, checkpoint_every=100, threads=1, geometric_jitter=True,
+                          method_options={"gfl_tau": 0.009})
+    final = Trainer(config, out_dir=tmp_path, progress=False).run()
+    after = [r for r in read_metrics(tmp_path) if r["kind"] == "train" and r["iteration"] > config.burn_in]
+    assert after and all(math.isfinite(r["loss"]) for r in after)
+    assert all("pl_dtg_gfl_clusters_per_image" in r and "loss_rm_unsup" in r and "loss_dfl_unsup" in r for r in after)
+    assert 0.0 <= final["teacher"]["ap"] <= 1.0
+
+
+def test_the_declaration_plans_table3c_on_gfl_at_every_scale(monkeypatch):
+    from ssodlib.experiments.plan import plan, plan_items
+    from ssodlib.models.detectors.gfl import GFL_PRESETS
+
+    monkeypatch.delenv("SSOD_PAPERS_DIR", raising=False)
+    for scale in ("smoke", "mini", "paper"):
+        runs = plan_items("dtg_ssod", "table3c", scale)["table3c"]
+        by_row = {s.row: s for s in runs}
+        assert list(by_row) == ["Sup Baseline", "sparse-dense", "dense-dense"]
+        assert all(s.config.detector == "gfl" and s.config.detector_options == GFL_PRESETS[scale] for s in runs)
+        assert by_row["Sup Baseline"].config.method == "supervised"
+        assert by_row["sparse-dense"].config.method_options == {"gfl_mode": "sparse"}
+        assert by_row["dense-dense"].config.method_options == {} and by_row["dense-dense"].config.geometric_jitter
+        assert {s.burn_in_from for s in runs if s.row != "Sup Baseline"} == {by_row["Sup Baseline"].key}
+        assert len({s.key for s in runs}) == 3  # the metric columns are one run per row
+        assert all(s.config.percent == 10 for s in runs)
+        # the GFL runs are runs of their own, next to every Faster R-CNN run
+        keys = {s.key for s in plan("dtg_ssod", "all", scale)}
+        assert {s.key for s in runs} <= keys
+        assert all(s.config.detector == "faster_rcnn" for s in plan("dtg_ssod", "all", scale) if s.item != "table3c"
+                   and s.key not in {r.key for r in runs})
