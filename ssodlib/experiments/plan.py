@@ -77,7 +77,7 @@ def papers_dir() -> Path:
 def run_key(config: TrainConfig) -> str:
     """A readable, stable key of what a run computes: ``{method}-{percent}pct-f{fold}-{hash}``."""
     payload = {k: v for k, v in config_dict(config).items()
-               if k not in RUNTIME_FIELDS and not (k in KEY_NEUTRAL_DEFAULTS and tuple(v) == KEY_NEUTRAL_DEFAULTS[k])}
+               if k not in RUNTIME_FIELDS and not (k in KEY_NEUTRAL_DEFAULTS and v == KEY_NEUTRAL_DEFAULTS[k])}
     digest = hashlib.sha1(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:10]
     return f"{config.method}-{config.percent:g}pct-f{config.fold}-{digest}"
 

@@ -95,8 +95,9 @@ from ssodlib.data.batch import Batch
 from ssodlib.data.coco import CocoDetection
 from ssodlib.io import InputError
 from ssodlib.methods.base import JointLosses, RunInfo, StepContext, TeacherStudentMethod
-from ssodlib.methods.rcnn_passes import TeacherPass, teacher_on_rois, to_student_view
-from ssodlib.models.detectors.base import Detections, ImageBatch
+from ssodlib.methods.rcnn_passes import (TeacherPass, pseudo_labels_in_student_view, select_pseudo_labels,
+                                         teacher_on_rois, to_student_view)
+from ssodlib.models.detectors.base import ImageBatch
 from ssodlib.models.detectors.faster_rcnn import FasterRCNN, RoIOutput, RoISamples, RPNOutput
 from ssodlib.models.losses import softmax_focal_loss
 
@@ -147,11 +148,9 @@ def heuristic_level(boxes: Tensor, *, canonical_scale: float = 224.0, canonical_
     return level.clamp(min_level, max_level).to(torch.int64)
 
 
-def select_hard_labels(det: Detections, *, score_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Eq. 5's hard labels: the teacher's post-NMS detections with score ``>= score_thresh`` (delta):
-    ``(K, 4)`` boxes, ``(K,)`` labels ``0..C-1`` and ``(K,)`` scores."""
-    keep = det.scores >= score_thresh
-    return det.boxes[keep], det.labels[keep], det.scores[keep]
+# Eq. 5's hard labels: the teacher's post-NMS detections with score >= score_thresh (delta), the
+# baseline's selection: (K, 4) boxes, (K,) labels 0..C-1 and (K,) scores
+select_hard_labels = select_pseudo_labels
 
 
 def multiscale_roi_outputs(student: FasterRCNN, features: dict[str, Tensor], rois: Sequence[Tensor],
@@ -324,15 +323,10 @@ class CrossMatch(TeacherStudentMethod):
     # -- losses -----------------------------------------------------------------------------------
     def hard_labels(self, ctx: StepContext, t: TeacherOutputs, batch: Batch) -> tuple[list[Tensor], list[Tensor]]:
         """Per unlabeled image the hard pseudo boxes in the student's view and their labels (Fig. 1a logged)."""
-        boxes_out, labels_out = [], []
-        for det, m, strong, gt_b, gt_l in zip(t.tp.detections, batch.teacher_to_student, batch.strong,
-                                              batch.gt_weak_boxes, batch.gt_weak_labels):
-            boxes, labels, scores = select_hard_labels(det, score_thresh=self.options.score_thresh)
-            ctx.stats.add_image(boxes=boxes, labels=labels, scores=scores, gt_boxes=gt_b, gt_labels=gt_l)
-            mapped, keep = to_student_view(boxes, m, strong.shape[1:])
-            boxes_out.append(mapped[keep])
-            labels_out.append(labels[keep])
-        return boxes_out, labels_out
+        def select(det, *_):
+            return select_hard_labels(det, score_thresh=self.options.score_thresh)
+
+        return pseudo_labels_in_student_view(ctx, t.tp.detections, batch, select)
 
     def unsupervised_losses(self, student: FasterRCNN, ctx: StepContext, batch: Batch) -> JointLosses:
         o = self.options

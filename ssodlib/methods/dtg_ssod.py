@@ -71,7 +71,7 @@ from ssodlib.config import Rule, check_ranges
 from ssodlib.data.batch import Batch
 from ssodlib.data.transforms import transform_boxes
 from ssodlib.methods.base import JointLosses, StepContext, TeacherStudentMethod
-from ssodlib.methods.rcnn_passes import to_student_view
+from ssodlib.methods.rcnn_passes import pseudo_labels_in_student_view, select_pseudo_labels, to_student_view
 from ssodlib.models.detectors.base import ImageBatch
 from ssodlib.models.detectors.faster_rcnn import FasterRCNN, RoISamples, RPNOutput
 from ssodlib.models.detectors.gfl import GFL, GFLOutput
@@ -333,17 +333,12 @@ class DTGSSOD(TeacherStudentMethod):
 
     # -- sparse-to-dense baseline ------------------------------------------------------------------
     def _sparse_pseudo_boxes(self, ctx: StepContext, t: "TeacherOutputs", batch: Batch) -> tuple[list, list]:
-        boxes, labels = [], []
-        for det, m, strong, gt_b, gt_l in zip(t.detections, batch.teacher_to_student, batch.strong,
-                                              batch.gt_weak_boxes, batch.gt_weak_labels):
-            keep = det.scores >= self.options.sparse_threshold
-            if self.options.rcnn_mode == "sparse":  # the R-CNN's pseudo labels are what the diagnostics show
-                ctx.stats.add_image(boxes=det.boxes[keep], labels=det.labels[keep], scores=det.scores[keep],
-                                    gt_boxes=gt_b, gt_labels=gt_l)
-            mapped, ok = to_student_view(det.boxes[keep], m, strong.shape[1:])
-            boxes.append(mapped[ok])
-            labels.append(det.labels[keep][ok])
-        return boxes, labels
+        def select(det, *_):
+            return select_pseudo_labels(det, score_thresh=self.options.sparse_threshold)
+
+        # the R-CNN's pseudo labels are what the diagnostics show
+        return pseudo_labels_in_student_view(ctx, t.detections, batch, select,
+                                             log=self.options.rcnn_mode == "sparse")
 
     # -- R-CNN stage ---------------------------------------------------------------------------------
     def _rcnn_samples(self, student: FasterRCNN, ctx: StepContext, t: "TeacherOutputs", batch: Batch,
@@ -502,16 +497,10 @@ class DTGSSOD(TeacherStudentMethod):
     def _gfl_pseudo_boxes(self, ctx: StepContext, t: "GFLTeacherOutputs", batch: Batch) -> tuple[list, list]:
         """The sparse baseline's pseudo boxes: the teacher's detections scoring at least
         ``gfl_sparse_threshold``, in the student's view."""
-        boxes, labels = [], []
-        for det, m, strong, gt_b, gt_l in zip(t.detections, batch.teacher_to_student, batch.strong,
-                                              batch.gt_weak_boxes, batch.gt_weak_labels):
-            keep = det.scores >= self.options.gfl_sparse_threshold
-            ctx.stats.add_image(boxes=det.boxes[keep], labels=det.labels[keep], scores=det.scores[keep],
-                                gt_boxes=gt_b, gt_labels=gt_l)
-            mapped, ok = to_student_view(det.boxes[keep], m, strong.shape[1:])
-            boxes.append(mapped[ok])
-            labels.append(det.labels[keep][ok])
-        return boxes, labels
+        def select(det, *_):
+            return select_pseudo_labels(det, score_thresh=self.options.gfl_sparse_threshold)
+
+        return pseudo_labels_in_student_view(ctx, t.detections, batch, select)
 
 
 def _zero_like(t: Tensor) -> Tensor:

@@ -26,8 +26,8 @@ from torch import Tensor
 
 from ssodlib.data.batch import Batch
 from ssodlib.methods.base import JointLosses, StepContext, TeacherStudentMethod
-from ssodlib.methods.rcnn_passes import (TeacherPass, log_student_rois, student_pass, teacher_on_rois, teacher_pass,
-                                         to_student_view)
+from ssodlib.methods.rcnn_passes import (TeacherPass, log_student_rois, pseudo_labels_in_student_view,
+                                         select_pseudo_labels, student_pass, teacher_on_rois, teacher_pass)
 from ssodlib.models.detectors.base import Detections
 from ssodlib.models.detectors.faster_rcnn import FasterRCNN, RoISamples
 
@@ -38,12 +38,6 @@ class PseudoLabelOptions:
     box_regression: bool = False  # RoI box loss on pseudo boxes
     rpn_regression: bool = False  # RPN box loss on pseudo boxes
     background_weighting: bool = False  # Soft Teacher: background RoIs weighted by the teacher's background score
-
-
-def select_pseudo_labels(det: Detections, *, score_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Teacher detections at or above ``score_thresh``: ``(K, 4)`` boxes, ``(K,)`` labels, scores."""
-    keep = det.scores >= score_thresh
-    return det.boxes[keep], det.labels[keep], det.scores[keep]
 
 
 def background_weights(teacher: FasterRCNN, samples: RoISamples, tp: TeacherPass,
@@ -73,14 +67,7 @@ class PseudoLabel(TeacherStudentMethod):
 
     def unsupervised_losses(self, student: FasterRCNN, ctx: StepContext, batch: Batch) -> JointLosses:
         tp = teacher_pass(ctx.teacher, batch.weak)
-        pseudo_boxes, pseudo_labels = [], []
-        for det, m, strong, gt_b, gt_l in zip(tp.detections, batch.teacher_to_student, batch.strong,
-                                              batch.gt_weak_boxes, batch.gt_weak_labels):
-            boxes, labels, scores = self.image_pseudo_labels(det, gt_b, gt_l)
-            ctx.stats.add_image(boxes=boxes, labels=labels, scores=scores, gt_boxes=gt_b, gt_labels=gt_l)
-            mapped, keep = to_student_view(boxes, m, strong.shape[1:])
-            pseudo_boxes.append(mapped[keep])
-            pseudo_labels.append(labels[keep])
+        pseudo_boxes, pseudo_labels = pseudo_labels_in_student_view(ctx, tp.detections, batch, self.image_pseudo_labels)
         sp = student_pass(student, batch, pseudo_boxes, pseudo_labels)
         unl = sp.unl
         samples = sp.samples.select(unl)

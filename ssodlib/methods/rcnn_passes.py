@@ -24,6 +24,33 @@ def to_student_view(boxes: Tensor, matrix: Tensor, size: tuple[int, int]) -> Ten
     return clip_boxes(mapped, height=size[0], width=size[1], min_size=2.0)
 
 
+def select_pseudo_labels(det: Detections, *, score_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Teacher detections at or above ``score_thresh``: ``(K, 4)`` boxes, ``(K,)`` labels, scores."""
+    keep = det.scores >= score_thresh
+    return det.boxes[keep], det.labels[keep], det.scores[keep]
+
+
+# one image's selection: (teacher detections, withheld boxes, withheld labels) -> (K, 4) boxes, (K,) labels, scores
+Selection = Callable[[Detections, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+def pseudo_labels_in_student_view(ctx: StepContext, detections: Sequence[Detections], batch: Batch,
+                                  select: Selection, *, log: bool = True) -> tuple[list[Tensor], list[Tensor]]:
+    """Per unlabeled image, the teacher-view pseudo labels that ``select`` picks from its detections,
+    logged against the withheld ground truth (``log``), then mapped into the student's view (boxes the
+    mapping leaves outside the view dropped): ``(K', 4)`` boxes and ``(K',)`` labels per image."""
+    boxes_out, labels_out = [], []
+    for det, m, strong, gt_b, gt_l in zip(detections, batch.teacher_to_student, batch.strong,
+                                          batch.gt_weak_boxes, batch.gt_weak_labels):
+        boxes, labels, scores = select(det, gt_b, gt_l)
+        if log:
+            ctx.stats.add_image(boxes=boxes, labels=labels, scores=scores, gt_boxes=gt_b, gt_labels=gt_l)
+        mapped, keep = to_student_view(boxes, m, strong.shape[1:])
+        boxes_out.append(mapped[keep])
+        labels_out.append(labels[keep])
+    return boxes_out, labels_out
+
+
 @dataclass
 class StudentPass:
     """One student pass over the labeled images and the strong views: RPN outputs, sampled RoIs and

@@ -69,7 +69,7 @@ from ssodlib.config import Rule, check_ranges
 from ssodlib.data.batch import Batch
 from ssodlib.io import InputError
 from ssodlib.methods.base import JointLosses, StepContext, TeacherStudentMethod
-from ssodlib.methods.rcnn_passes import log_student_rois, student_pass, teacher_pass, to_student_view
+from ssodlib.methods.rcnn_passes import log_student_rois, pseudo_labels_in_student_view, student_pass, teacher_pass
 from ssodlib.methods.rethinking_pl_maths import class_statistics, dynamic_thresholds
 from ssodlib.models.detectors.base import Detections
 from ssodlib.models.detectors.faster_rcnn import FasterRCNN, RoIOutput, RoISamples
@@ -267,15 +267,8 @@ class RethinkingPL(TeacherStudentMethod):
     def pseudo_labels(self, ctx: StepContext, batch: Batch, tau_m: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Per unlabeled image, the selected teacher detections mapped into the student's view."""
         tp = teacher_pass(ctx.teacher, batch.weak)
-        boxes_out, labels_out = [], []
-        for det, m, strong, gt_b, gt_l in zip(tp.detections, batch.teacher_to_student, batch.strong,
-                                              batch.gt_weak_boxes, batch.gt_weak_labels):
-            boxes, labels, scores = select_certain(det, tau_m, certainty=self.options.certainty)
-            ctx.stats.add_image(boxes=boxes, labels=labels, scores=scores, gt_boxes=gt_b, gt_labels=gt_l)
-            mapped, keep = to_student_view(boxes, m, strong.shape[1:])
-            boxes_out.append(mapped[keep])
-            labels_out.append(labels[keep])
-        return boxes_out, labels_out
+        return pseudo_labels_in_student_view(
+            ctx, tp.detections, batch, lambda det, *_: select_certain(det, tau_m, certainty=self.options.certainty))
 
     def unsupervised_losses(self, student: FasterRCNN, ctx: StepContext, batch: Batch) -> JointLosses:
         o = self.options

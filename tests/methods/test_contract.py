@@ -16,14 +16,13 @@ import pytest
 import torch
 
 from ssodlib.config import train_config
-from ssodlib.data.coco import CocoDetection
-from ssodlib.engine.loader import build_loader, resolve_data
 from ssodlib.engine.trainer import Trainer, run_info
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.io import InputError
 from ssodlib.methods import METHODS, Method, StepContext, TeacherStudentMethod
 from ssodlib.models.build import DETECTOR_FAMILIES, build_detector
 from ssodlib.models.detr_presets import DETR_SCALES, detr_train_overrides
+from tiny_setup import first_batch
 
 NAMES = sorted(METHODS)
 
@@ -32,10 +31,7 @@ NAMES = sorted(METHODS)
 def smoke(smoke_benchmark):
     """A smoke configuration, its labeled and unlabeled sets and one batch (1 labeled + 4 unlabeled)."""
     config = train_config("smoke", data_root=str(smoke_benchmark.root.parent))
-    files = resolve_data(config)
-    labeled = CocoDetection(ann_file=files.labeled_ann, image_dir=files.image_dir)
-    loader = build_loader(config, files, labeled=labeled, uses_unlabeled=True, start_batch=0, rank=0, world_size=1)
-    return config, labeled, loader.dataset.unlabeled, next(iter(loader))
+    return (config, *first_batch(config))
 
 
 def _step(name: str, smoke, *, burn_in: bool):

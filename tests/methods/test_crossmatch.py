@@ -18,13 +18,12 @@ from ssodlib.engine.run_folder import read_metrics
 from ssodlib.engine.trainer import Trainer
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.experiments.plan import load_declarations, plan
-from ssodlib.experiments.reference import published
 from ssodlib.io import InputError
 from ssodlib.methods import METHODS, RunInfo, StepContext
 from ssodlib.methods.crossmatch import (CrossMatch, hard_consistency_loss, heuristic_level, kl_per_roi, ohem_k,
                                         ohem_select, soft_consistency_loss, true_positive_rois)
 from ssodlib.models.detectors.faster_rcnn import FasterRCNN
-from tiny_setup import tiny_batch, tiny_detector
+from tiny_setup import published_counterparts, tiny_batch, tiny_detector
 
 LN = math.log
 
@@ -435,13 +434,6 @@ def test_the_crossmatch_declaration_plans_at_every_scale(monkeypatch):
 
 def test_every_published_counterpart_of_the_declaration_resolves(monkeypatch):
     monkeypatch.delenv("SSOD_PAPERS_DIR", raising=False)
-    checked = 0
-    for item in load_declarations("crossmatch").items:
-        columns = item.scales["paper"].get("columns") or [c["name"] for c in item.columns]
-        for row in item.rows:
-            for ref in row.get("reference") or []:
-                for column in columns:
-                    value = published(ref["paper"], ref["item"], ref["row"], ref.get("columns", {}).get(column, column))
-                    assert isinstance(value, float), (item.id, row["name"], column)
-                    checked += 1
+    assert all("paper" in item.scales for item in load_declarations("crossmatch").items)
+    checked = published_counterparts("crossmatch")
     assert checked == 3 * 6 + 3 * 2 * 2 + 6 + 2 * 2

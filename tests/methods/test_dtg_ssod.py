@@ -205,9 +205,9 @@ def test_registered_and_options_are_checked():
         DTGSSOD(options={"temperature": 0.0})
 
 
-def _losses(options, monkeypatch=None):
-    student = tiny_detector().train()
-    teacher = tiny_detector().eval().requires_grad_(False)
+def _losses(options, monkeypatch=None, *, detector=tiny_detector):
+    student = detector().train()
+    teacher = detector().eval().requires_grad_(False)
     ctx = StepContext(teacher=teacher, iteration=10, burn_in=False, unsup_weight=2.0,
                       stats=PseudoLabelStats(num_classes=3))
     torch.manual_seed(0)
@@ -342,12 +342,7 @@ def _gfl_detector():
 
 
 def _gfl_losses(options):
-    student = _gfl_detector().train()
-    teacher = _gfl_detector().eval().requires_grad_(False)
-    ctx = StepContext(teacher=teacher, iteration=10, burn_in=False, unsup_weight=2.0,
-                      stats=PseudoLabelStats(num_classes=3))
-    torch.manual_seed(0)
-    return DTGSSOD(options=options).losses(student, ctx, tiny_batch(mirrored=True)), ctx
+    return _losses(options, detector=_gfl_detector)
 
 
 def test_gfl_tau_temperature_beta_and_quality_reach_their_functions(monkeypatch):

@@ -1,8 +1,11 @@
-"""A tiny detector and a one-image batch shared by the method tests (imported, not collected)."""
+"""A tiny detector, a one-image batch, a loader's first batch and a check of a declaration's published
+counterparts, shared by the method tests (imported, not collected)."""
 
 import torch
 
 from ssodlib.data.batch import Batch
+from ssodlib.data.coco import CocoDetection
+from ssodlib.engine.loader import build_loader, resolve_data
 from ssodlib.models.detectors.faster_rcnn import DetectorConfig, FasterRCNN
 
 
@@ -25,3 +28,30 @@ def tiny_batch(*, mirrored: bool = False) -> Batch:
     return Batch(images=[img()], boxes=[box], labels=[lab], weak=[img()], strong=[img()],
                  teacher_to_student=[matrix], gt_weak_boxes=[box], gt_weak_labels=[lab],
                  gt_strong_boxes=[strong_box], gt_strong_labels=[lab])
+
+
+def first_batch(config):
+    """The labeled and unlabeled sets of ``config`` and its loader's first batch."""
+    files = resolve_data(config)
+    labeled = CocoDetection(ann_file=files.labeled_ann, image_dir=files.image_dir)
+    loader = build_loader(config, files, labeled=labeled, uses_unlabeled=True, start_batch=0, rank=0, world_size=1)
+    return labeled, loader.dataset.unlabeled, next(iter(loader))
+
+
+def published_counterparts(paper: str) -> int:
+    """How many (row reference, column) pairs of ``papers/<paper>/experiments.yaml`` name a published
+    number, each asserted to resolve to one (the columns of each item's paper scale, else its mini)."""
+    from ssodlib.experiments.plan import load_declarations
+    from ssodlib.experiments.reference import published
+
+    checked = 0
+    for item in load_declarations(paper).items:
+        scale = "paper" if "paper" in item.scales else "mini"
+        columns = item.scales[scale].get("columns") or [c["name"] for c in item.columns]
+        for row in item.rows:
+            for ref in row.get("reference") or []:
+                for column in columns:
+                    value = published(ref["paper"], ref["item"], ref["row"], ref.get("columns", {}).get(column, column))
+                    assert isinstance(value, float), (item.id, row["name"], column)
+                    checked += 1
+    return checked

@@ -1,4 +1,4 @@
-"""Smoke-sized DETR models and a two-image batch shared by the family tests (imported, not collected)."""
+"""Smoke-sized DETR models and a two-image batch shared by the detector family tests (imported, not collected)."""
 
 from __future__ import annotations
 

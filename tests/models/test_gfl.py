@@ -11,6 +11,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+from detr_setup import two_images
 from ssodlib.config import PRESETS, train_config
 from ssodlib.engine.trainer import Trainer
 from ssodlib.experiments.plan import load_declarations
@@ -39,15 +40,6 @@ def _config(**options):
 def _model(seed: int = 0, **options) -> GFL:
     torch.manual_seed(seed)
     return build_detector(_config(**options), C)
-
-
-def _two_images():
-    g = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, 96, 112), generator=g, dtype=torch.uint8),
-              torch.randint(0, 256, (3, 80, 96), generator=g, dtype=torch.uint8)]
-    boxes = [torch.tensor([[10.0, 10, 50, 40], [30, 20, 90, 70]]), torch.tensor([[5.0, 5, 40, 60]])]
-    labels = [torch.tensor([0, 2]), torch.tensor([1])]
-    return images, boxes, labels
 
 
 # -- Eq. 5: Quality Focal Loss ------------------------------------------------------------------------
@@ -229,7 +221,7 @@ def test_gfl_implements_the_detector_protocol_and_options_are_checked():
 ])
 def test_levels_anchors_and_head_shapes(start_level, strides, sizes):
     model = _model(fpn_start_level=start_level)
-    images, _, _ = _two_images()
+    images, _, _ = two_images()
     batch = model.preprocess(images)
     assert batch.tensors.shape == (2, 3, 96, 128)
     feats = model.features(batch)
@@ -260,7 +252,7 @@ def test_decode_is_the_expectation_times_the_stride_around_the_centre():
 
 def test_supervised_losses_are_finite_reach_every_parameter_and_survive_empty_targets():
     model = _model().train()
-    images, boxes, labels = _two_images()
+    images, boxes, labels = two_images()
     losses = model.supervised_losses(images, boxes, labels)
     assert set(losses) == {"loss_cls", "loss_bbox", "loss_dfl"}
     assert all(v.dim() == 0 and math.isfinite(float(v.detach())) and float(v.detach()) > 0 for v in losses.values())
@@ -272,7 +264,7 @@ def test_supervised_losses_are_finite_reach_every_parameter_and_survive_empty_ta
 
 def test_targets_follow_atss_on_the_batch_anchors():
     model = _model()
-    images, boxes, labels = _two_images()
+    images, boxes, labels = two_images()
     out = model.dense(model.features(model.preprocess(images)))
     lab, tgt = model.targets(out, boxes, labels)
     assert lab.shape == out.cls_logits.shape[:2] and tgt.shape == (*lab.shape, 4)

@@ -8,7 +8,7 @@ The trainer and evaluation call nothing else; methods reach further into their f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
@@ -62,6 +62,20 @@ def normalise_and_pad(images: Sequence[Tensor], *, mean: Tensor, std: Tensor, si
         im = im.to(mean.device, non_blocking=True).float()
         batch[i, :, : im.shape[-2], : im.shape[-1]] = (im - mean) / std
     return ImageBatch(batch, sizes)
+
+
+def build_with_trunk(cls: type, options: Any, num_classes: int, *, trunk_weights: str | None,
+                     from_checkpoint: bool) -> Any:
+    """``cls(options=, num_classes=, trunk_weights=, pretrained=)`` as ``build_detector`` asks: the tiny
+    trunk's pretrained weights are a file of ours (``trunk_weights``); from a checkpoint nothing
+    pretrained is read."""
+    pretrained = options.pretrained
+    if options.backbone == "tiny":
+        pretrained = trunk_weights is not None
+    if from_checkpoint:
+        pretrained, trunk_weights = False, None
+    return cls(options=options, num_classes=num_classes, trunk_weights=trunk_weights if pretrained else None,
+               pretrained=pretrained)
 
 
 @runtime_checkable

@@ -39,7 +39,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ssodlib.models.detr.detector import DETRBase, DETROptions, Memory, Queries, build_family
+from ssodlib.models.detectors.base import build_with_trunk
+from ssodlib.models.detr.detector import DETRBase, DETROptions, Memory, Queries
 from ssodlib.models.detr.transformer import box_sine_embedding
 
 
@@ -108,7 +109,7 @@ class DeformableDETR(DETRBase):
 def build_deformable_detr(options: DeformableDETROptions, num_classes: int, *, trunk_weights: str | None,
                           from_checkpoint: bool) -> DeformableDETR:
     """The ``deformable_detr`` entry of ``DETECTOR_FAMILIES``."""
-    return build_family(DeformableDETR, options, num_classes, trunk_weights=trunk_weights,
+    return build_with_trunk(DeformableDETR, options, num_classes, trunk_weights=trunk_weights,
                         from_checkpoint=from_checkpoint)
 
 

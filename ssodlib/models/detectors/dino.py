@@ -53,9 +53,10 @@ import torch
 from torch import Tensor, nn
 
 from ssodlib.config import Rule
+from ssodlib.models.detectors.base import build_with_trunk
 from ssodlib.models.detr.denoising import DenoisingLayout, denoising_layout, group_attention_mask
 from ssodlib.models.detr.detector import (DETR_RULES, DecoderOutput, DETRBase, DETROptions, EncoderOutputs, Memory,
-                                          Queries, Targets, build_family, connected_zero, layer_suffix)
+                                          Queries, Targets, connected_zero, layer_suffix)
 from ssodlib.models.detr.losses import average_count
 from ssodlib.models.detr.matcher import Assignment
 
@@ -184,7 +185,7 @@ class DINO(DETRBase):
 
 def build_dino(options: DINOOptions, num_classes: int, *, trunk_weights: str | None, from_checkpoint: bool) -> DINO:
     """The ``dino`` entry of ``DETECTOR_FAMILIES``."""
-    return build_family(DINO, options, num_classes, trunk_weights=trunk_weights, from_checkpoint=from_checkpoint)
+    return build_with_trunk(DINO, options, num_classes, trunk_weights=trunk_weights, from_checkpoint=from_checkpoint)
 
 
 # -- scales ---------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from ssodlib.config import Rule, check_fields, check_ranges
 from ssodlib.models.backbones import BACKBONES, build_backbone, resolve_trainable_layers
-from ssodlib.models.detectors.base import Detections, ImageBatch, normalise_and_pad
+from ssodlib.models.detectors.base import Detections, ImageBatch, build_with_trunk, normalise_and_pad
 from ssodlib.models.nms import nms_clusters, paired_iou
 
 TRUNK_CHANNELS = {"resnet50": (256, 512, 1024, 2048), "resnet18": (64, 128, 256, 512), "tiny": (16, 32, 64, 128)}
@@ -506,15 +506,8 @@ class GFL(nn.Module):
 
 
 def build_gfl(options: GFLOptions, num_classes: int, *, trunk_weights: str | None, from_checkpoint: bool) -> GFL:
-    """The ``gfl`` entry of ``DETECTOR_FAMILIES``: the tiny trunk's pretrained weights are a file of ours
-    (``trunk_weights``); from a checkpoint nothing pretrained is read."""
-    pretrained = options.pretrained
-    if options.backbone == "tiny":
-        pretrained = trunk_weights is not None
-    if from_checkpoint:
-        pretrained, trunk_weights = False, None
-    return GFL(options=options, num_classes=num_classes, trunk_weights=trunk_weights if pretrained else None,
-               pretrained=pretrained)
+    """The ``gfl`` entry of ``DETECTOR_FAMILIES`` (see :func:`build_with_trunk`)."""
+    return build_with_trunk(GFL, options, num_classes, trunk_weights=trunk_weights, from_checkpoint=from_checkpoint)
 
 
 # -- scales ---------------------------------------------------------------------------------------------

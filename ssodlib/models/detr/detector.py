@@ -536,18 +536,7 @@ def _init_transformer(*modules: nn.Module) -> None:
                 m.reset_parameters()
 
 
-def build_family(cls: type, options: DETROptions, num_classes: int, *, trunk_weights: str | None,
-                 from_checkpoint: bool) -> DETRBase:
-    """A family's model as ``build_detector`` asks: the tiny trunk's pretrained weights are a file of
-    ours (``trunk_weights``); from a checkpoint nothing pretrained is read."""
-    pretrained = options.pretrained
-    if options.backbone == "tiny":
-        pretrained = trunk_weights is not None
-    if from_checkpoint:
-        pretrained, trunk_weights = False, None
-    return cls(options=options, num_classes=num_classes, trunk_weights=trunk_weights if pretrained else None,
-               pretrained=pretrained)
 
 
 __all__ = ["DETROptions", "DETRBase", "DETR_RULES", "DecoderOutput", "EncoderOutputs", "Features", "InferenceSettings",
-           "Memory", "Queries", "RoIQueryHead", "Targets", "build_family", "connected_zero", "layer_suffix"]
+           "Memory", "Queries", "RoIQueryHead", "Targets", "connected_zero", "layer_suffix"]
