@@ -22,6 +22,7 @@ from ssodlib.engine.checkpoint import checkpoint_config, load_checkpoint
 from ssodlib.engine.loader import DataFiles, resolve_data
 from ssodlib.evaluation.pseudo_labels import match_to_ground_truth
 from ssodlib.io import InputError
+from ssodlib.methods import get_method
 from ssodlib.models.build import build_detector
 from ssodlib.models.nms import nms_cluster_statistics
 
@@ -36,6 +37,9 @@ def load_run_detector(checkpoint: str | os.PathLike, *, model: str = "teacher") 
         raise InputError(f"{checkpoint}: has no {model} weights (the method has no teacher). Fix: use the student.")
     detector = build_detector(config, load_coco(files.labeled_ann).num_classes, from_checkpoint=True)
     detector.load_state_dict(ckpt[model])
+    # the inference the run's own evaluation used at that iteration (e.g. Semi-DETR's NMS in stage 1)
+    get_method(config.method)(options=config.method_options).prepare_evaluation(
+        [detector], iteration=int(ckpt["iteration"]) - 1)
     return detector.eval(), config, files
 
 

@@ -17,6 +17,7 @@ from ssodlib.data.batch import Batch
 from ssodlib.engine.run_folder import read_metrics
 from ssodlib.engine.trainer import Trainer, run_info
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
+from ssodlib.experiments.inspection import load_run_detector
 from ssodlib.io import InputError
 from ssodlib.methods import METHODS, StepContext
 from ssodlib.methods import semi_detr as sd
@@ -539,6 +540,11 @@ def test_smoke_training_switches_stage_and_survives_a_resume(smoke_benchmark, tm
     assert whole.state.student.inference.nms_iou is None and "student" in final and "teacher" in final
     # stopped after 1 step (stage 1) and resumed by a new trainer and method: the same run, stage 2 from 2
     Trainer(config, out_dir=tmp_path / "split", progress=False).run(stop_at=1)
+    # a checkpoint loaded for `ssod eval` and the report's figures infers as the run did at that step:
+    # NMS after step 0 (stage 1), none after step 3 (stage 2)
+    stage_one, _, _ = load_run_detector(tmp_path / "split" / "checkpoint.pt", model="student")
+    stage_two, _, _ = load_run_detector(tmp_path / "whole" / "checkpoint.pt", model="student")
+    assert stage_one.inference.nms_iou == SemiDETROptions().stage1_nms_iou and stage_two.inference.nms_iou is None
     resumed = Trainer(config, out_dir=tmp_path / "split", resume=True, progress=False)
     again = resumed.run()
     assert again["student"]["ap"] == final["student"]["ap"]
