@@ -17,7 +17,7 @@ from ssodlib.data.transforms import WeakViewConfig
 from ssodlib.engine.run_folder import read_metrics
 from ssodlib.engine.trainer import Trainer
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
-from ssodlib.experiments.plan import load_declarations, plan
+from ssodlib.experiments.plan import load_declarations, plan, plan_items
 from ssodlib.io import InputError
 from ssodlib.methods import METHODS, RunInfo, StepContext
 from ssodlib.methods.crossmatch import (CrossMatch, hard_consistency_loss, heuristic_level, kl_per_roi, ohem_k,
@@ -355,11 +355,21 @@ def test_the_teacher_scores_student_rois_mapped_into_the_weak_view(monkeypatch):
     assert torch.allclose(teacher_calls[-1][0], expected, atol=1e-4)
 
 
-def test_two_pass_ohem_gives_the_single_pass_gradient_and_the_soft_loss_skips_the_rpn():
-    grads = {}
+def test_two_pass_ohem_gives_the_single_pass_gradient_and_the_soft_loss_skips_the_rpn(monkeypatch):
+    grads, heads = {}, []
+    real = FasterRCNN.roi_head
+    monkeypatch.setattr(FasterRCNN, "roi_head",
+                        lambda self, *a, **kw: heads.append(torch.is_grad_enabled()) or real(self, *a, **kw))
     for mode in ("never", "always"):
+        heads.clear()
         losses, _, student = _losses({"score_thresh": 0.0, "hard": False, "ohem_k": 3, "ohem_ramp_iters": 0,
                                       "ohem_two_pass": mode})
+        # two passes: the ranking pass pools every level without gradients, then one pass per level (4)
+        # re-pools only the kept RoIs with them; one pass pools with gradients only
+        if mode == "always":
+            assert heads.count(False) > 0 and heads[-4:] == [True] * 4
+        else:
+            assert False not in heads[-4:]
         losses["loss_soft_unsup"].backward()
         grads[mode] = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
         assert all(float(g.abs().sum()) == 0 for n, g in grads[mode].items() if n.startswith("rpn_head"))
@@ -416,8 +426,13 @@ def test_the_crossmatch_declaration_plans_at_every_scale(monkeypatch):
                                                                     for p in (1.0, 5.0)}
     assert all(s.burn_in_from for s in mini if s.config.method != "supervised")
     assert {s.burn_in_from for s in mini if s.item != "table1"} <= {s.key for s in mini if s.fold == 1 and s.seed == 0}
-    assert all(s.config.method_options.get("ohem_k", 256) in (16, 64, 128)
-               for s in mini if s.config.method == "crossmatch")
+    # the scale's K (64) everywhere but in Figure 3c, whose columns set their own K
+    assert {s.config.method_options.get("ohem_k") for s in mini
+            if s.config.method == "crossmatch" and s.item != "figure3c"} == {64}
+    figure3c = plan_items("crossmatch", "figure3c", "mini")["figure3c"]  # before plan() merges shared runs
+    assert {(s.column, s.config.method_options.get("ohem_k"), s.config.method_options.get("ohem"))
+            for s in figure3c if s.config.method == "crossmatch"} == \
+        {("without OHEM", 64, False), ("K=16", 16, None), ("K=64", 64, None), ("K=128", 128, None)}
     # Table 3's hard-only single-scale row is the pseudo_label baseline: the runs of the baselines' table
     baselines = {s.key for s in plan("baselines", "table1", "mini")}
     assert {s.key for s in mini if s.config.method == "pseudo_label"} <= baselines
