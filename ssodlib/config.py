@@ -82,6 +82,10 @@ class TrainConfig:
     eval_student: str = "final"
     checkpoint_every: int = 250
     log_every: int = 20
+    # run keys of finished runs of the same results store (sibling run folders) whose final students are
+    # ensembled with this run's student at its final evaluation (ssodlib.models.ensemble), reported as
+    # the model "ensemble" beside "student" and "teacher" (Rethinking PL's Table 3)
+    ensemble_with: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_fields(self, what="configuration field")

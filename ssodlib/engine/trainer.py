@@ -37,6 +37,7 @@ from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.io import InputError, jsonable, write_json, write_text
 from ssodlib.methods import Method, RunInfo, StepContext, get_method
 from ssodlib.models.build import build_detector, detector_signature, pretrained_trunk
+from ssodlib.models.ensemble import EnsembleDetector
 
 
 MAX_SKIPPED_STEPS = 10
@@ -82,10 +83,11 @@ class _StepModule(nn.Module):
         return fn(self.detector, ctx, batch)
 
 
-def run_info(config: TrainConfig) -> RunInfo:
-    """What a method may know of the run of ``config`` (``Method.setup``)."""
+def run_info(config: TrainConfig, *, run_dir: str | os.PathLike | None = None) -> RunInfo:
+    """What a method may know of the run of ``config`` (``Method.setup``), trained into ``run_dir``."""
     return RunInfo(seed=config.seed, burn_in=config.burn_in,
-                   test_view=WeakViewConfig(scales=(config.test_scale,), max_size=config.max_size, flip_prob=0.0))
+                   test_view=WeakViewConfig(scales=(config.test_scale,), max_size=config.max_size, flip_prob=0.0),
+                   run_dir=None if run_dir is None else Path(run_dir))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -286,8 +288,9 @@ class Trainer:
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(self, state: _State, *, final: bool = True) -> dict[str, Any]:
         """COCO metrics of the student and (after burn-in) the teacher; before the end (``final=False``)
-        of the teacher only unless ``eval_student`` is "every". Every rank detects on its shard of the
-        validation images, the main rank scores them (the others return ``{}``)."""
+        of the teacher only unless ``eval_student`` is "every"; at the end also the ``ensemble`` of the
+        student with the final students of the ``ensemble_with`` runs. Every rank detects on its shard
+        of the validation images, the main rank scores them (the others return ``{}``)."""
         c = self.config
         out: dict[str, Any] = {}
         models = {"student": state.student}
@@ -295,7 +298,12 @@ class Trainer:
             models["teacher"] = state.teacher
             if not final and c.eval_student == "final":
                 del models["student"]
-        self.method.prepare_evaluation(list(models.values()), iteration=state.iteration - 1)
+        if final and c.ensemble_with:
+            models["ensemble"] = self._ensemble(state)
+        # the method prepares detectors, not ensembles: the ensemble's other members (its first is the student)
+        plain = [m for m in models.values() if not isinstance(m, EnsembleDetector)]
+        extra = [m for e in models.values() if isinstance(e, EnsembleDetector) for m in e.members[1:]]
+        self.method.prepare_evaluation(plain + extra, iteration=state.iteration - 1)
         for name, model in models.items():
             metrics = evaluate_detector(model, ann_file=self.files.val_ann, image_dir=self.files.val_images,
                                         test_scale=c.test_scale, max_size=c.max_size, device=self.device,
@@ -308,6 +316,20 @@ class Trainer:
             out[name]["per_class_ap"] = m["per_class_ap"]
             out[name]["ap_per_iou"] = m["ap_per_iou"]
         return out
+
+    def _ensemble(self, state: _State) -> EnsembleDetector:
+        """This run's student and the final students of the runs ``ensemble_with`` names (sibling
+        folders of this run's, as in a results store), as one detector (``ssodlib.models.ensemble``)."""
+        others = []
+        for key in self.config.ensemble_with:
+            other, run_dir = copy.deepcopy(state.student), self.out_dir.parent / key
+            try:
+                other.load_state_dict(final_student_weights(run_dir, map_location=self.device))
+            except RuntimeError as e:  # missing or misshapen weights: another detector
+                raise InputError(f"{run_dir / CHECKPOINT_NAME}: its student is not a detector of this run's kind "
+                                 f"({e}). Fix: ensemble_with runs of the same detector and options.") from e
+            others.append(other.eval().requires_grad_(False))
+        return EnsembleDetector(members=[state.student, *others]).train(state.student.training)
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self, *, stop_at: int | None = None) -> dict[str, Any]:
@@ -333,7 +355,8 @@ class Trainer:
         loader = build_loader(c, self.files, labeled=labeled, uses_unlabeled=self.method.uses_unlabeled,
                               start_batch=state.iteration, rank=self.dist.rank, world_size=self.dist.world_size,
                               pin_memory=self.device.type == "cuda")
-        self.method.setup(labeled=labeled, unlabeled=loader.dataset.unlabeled, run=run_info(c), device=self.device)
+        self.method.setup(labeled=labeled, unlabeled=loader.dataset.unlabeled,
+                          run=run_info(c, run_dir=self.out_dir), device=self.device)
         if resumed is not None:
             self.method.load_state_dict(resumed.get("method") or {})
         step_module: nn.Module = _StepModule(state.student)
@@ -461,6 +484,21 @@ class Trainer:
             ema_update(state.teacher, state.student,
                        keep_rate=self.method.ema_keep_rate(iteration=it, keep_rate=self.config.ema_keep_rate))
         return {"skipped_step": 1.0}
+
+
+def final_student_weights(run_dir: Path, *, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The student weights a finished run ended with (its ``checkpoint.pt`` beside its ``final.json``)."""
+    final, path = run_dir / FINAL_NAME, run_dir / CHECKPOINT_NAME
+    if not final.is_file() or not path.is_file():
+        raise InputError(f"{run_dir}: no finished run there (needs {FINAL_NAME} and {CHECKPOINT_NAME}) to ensemble "
+                         "with. Fix: finish that run first (ssod experiments run orders it before this one), or "
+                         "drop its key from ensemble_with (run keys of the same results store).")
+    ckpt = load_checkpoint(path, map_location=map_location)
+    finished = json.loads(final.read_text()).get("iteration")
+    if int(ckpt["iteration"]) != finished:
+        raise InputError(f"{path}: at iteration {ckpt['iteration']}, not the {finished} its {FINAL_NAME} records. "
+                         "Fix: let that run finish (resume it), or drop its key from ensemble_with.")
+    return ckpt["student"]
 
 
 def _normal(value: Any) -> Any:

@@ -16,6 +16,12 @@ A declaration (one item; rows x columns x folds x seeds is the set of runs)::
             set: {}                   # TrainConfig overrides of this row (method_options included)
             burn_in_from: null        # a row whose burn-in snapshot this row's runs may start from
             reference: [{paper: labelmatch, item: table1, row: Supervised}]   # published counterparts
+            ensemble_teachers_from: []  # rows whose burn-in snapshots are extra teachers (the run keys of
+                                        # their runs at the same column, fold and seed resolution fill
+                                        # method_options.ensemble_teachers; the runs wait for the snapshots)
+            ensemble_with_from: []    # rows whose finished students are ensembled with this row's at the
+                                      # final evaluation (fills ensemble_with; the runs wait for their records)
+            model: null               # the model this row is scored by (e.g. ensemble; default: the item's)
         columns:
           - name: "5%"
             set: {percent: 5}
@@ -30,6 +36,11 @@ the column's, then the row's (so a column can vary one option of a scale-specifi
 column's options reach only the rows whose method has them (a Supervised row beside LabelMatch
 variants stays one run). A column may name its own ``metric`` (a table whose columns are metrics or
 classes, see ``metric_value`` in report/experiments.py).
+
+Ensembles (Rethinking PL's Table 3): a row's ``ensemble_teachers_from`` / ``ensemble_with_from`` rows
+resolve at the same column, fold and seed resolution (a row's own ``set: {seed: N}`` stays at scales
+that declare no seeds; rows of one ensemble that resolve to one run, or name each other in a circle,
+are errors). :func:`plan` orders every run after the runs it starts from or waits for.
 
 Keys outside this schema are errors (a misspelt key would otherwise be ignored and change the runs
 silently); top-level keys starting with ``x-`` are free, for YAML anchors. Folds count from 1.
@@ -57,12 +68,14 @@ RUNTIME_FIELDS = frozenset({"data_root", "device", "num_workers", "threads", "ev
 # fields added after records were shipped: left out of a run's key while at their default, so the key of
 # every run that does not set them stays what it was (a key names what a run computes, and these
 # defaults compute what the run computed before the field existed)
-KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"strong_augment": ("color", "blur", "cutout")}
+KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"strong_augment": ("color", "blur", "cutout"),
+                                         "ensemble_with": ()}
 
 # (required, optional) keys of each part of a declaration, as the module docstring describes them
 FILE_KEYS = (frozenset({"items"}), frozenset({"paper", "title"}))
 ITEM_KEYS = (frozenset({"id", "rows", "columns", "scales"}), frozenset({"kind", "title", "metric", "model", "plots"}))
-ROW_KEYS = (frozenset({"name", "method"}), frozenset({"set", "burn_in_from", "reference"}))
+ROW_KEYS = (frozenset({"name", "method"}), frozenset({"set", "burn_in_from", "reference", "ensemble_teachers_from",
+                                                     "ensemble_with_from", "model"}))
 REFERENCE_KEYS = (frozenset({"paper", "item", "row"}), frozenset({"columns"}))
 COLUMN_KEYS = (frozenset({"name"}), frozenset({"set", "metric"}))
 SCALE_KEYS = (frozenset(), frozenset({"columns", "folds", "seeds", "set", "method_options"}))
@@ -93,10 +106,19 @@ class RunSpec:
     fold: int
     config: TrainConfig
     burn_in_from: str | None = None  # key of the run whose burn-in snapshot this run may start from
+    # keys of the runs whose burn-in snapshots this run needs (extra teachers) and whose records it
+    # waits for (students ensembled at its final evaluation)
+    ensemble_teachers: tuple[str, ...] = ()
+    ensemble_with: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
         return run_key(self.config)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Keys of every run this run starts from or waits for."""
+        return (*((self.burn_in_from,) if self.burn_in_from else ()), *self.ensemble_teachers, *self.ensemble_with)
 
     @property
     def seed(self) -> int:
@@ -259,13 +281,21 @@ def plan(paper: str, table: str, scale: str, *, folds: list[int] | None = None,
          columns: list[str] | None = None, overrides: dict[str, Any] | None = None,
          seeds: list[int] | None = None) -> list[RunSpec]:
     """The runs of one item (or of every item when ``table == "all"``) in a fixed order, runs that
-    others start from first; a run shared by several items (same key) appears once."""
+    others start from or wait for first; a run shared by several items (same key) appears once."""
     specs: dict[str, RunSpec] = {}
     for runs in plan_items(paper, table, scale, folds=folds, columns=columns, overrides=overrides,
                            seeds=seeds).values():
         for spec in runs:
             specs.setdefault(spec.key, spec)
-    return sorted(specs.values(), key=lambda s: s.burn_in_from is not None)
+    depth: dict[str, int] = {}
+
+    def level(spec: RunSpec) -> int:  # 0: needs no other run; else 1 + its deepest source's level
+        if spec.key not in depth:
+            depth[spec.key] = 1 + max((level(specs[k]) for k in spec.sources if k in specs), default=-1)
+        return depth[spec.key]
+
+    # a source outside the plan counts as a source (a plan of some columns or folds keeps its order)
+    return sorted(specs.values(), key=lambda s: max(level(s), 1 if s.sources else 0))
 
 
 def _item_runs(decl: Declarations, item: Item, scale: str, *, folds: list[int] | None, columns: list[str] | None,
@@ -284,17 +314,81 @@ def _item_runs(decl: Declarations, item: Item, scale: str, *, folds: list[int] |
         # declared seeds win over a `set` seed; an explicit --set seed=N wins over both
         seeded = overrides if seed is None else {"seed": seed, **overrides}
         for col in (c for c in item.columns if c["name"] in names):
+            cell = _Cell(decl=decl, item=item, scale=scale, col=col, at_scale=at_scale, fold=fold, overrides=seeded)
             for row in item.rows:
-                config = _config(scale, row, col, at_scale, fold, seeded, where=f"{decl.path} ({item.id})")
+                config = cell.config(row["name"])
                 source = row.get("burn_in_from")
-                if source and source not in [r["name"] for r in item.rows]:
-                    raise InputError(f"{decl.path}: item {item.id!r}, row {row['name']!r}: burn_in_from {source!r} "
-                                     f"is not a row of the item. Fix: name one of {[r['name'] for r in item.rows]}.")
-                share = run_key(_config(scale, item.row(source), col, at_scale, fold, seeded,
-                                        where=str(decl.path))) if source else None
+                share = cell.key(_source_rows(cell, row, "burn_in_from", [source])[0]) if source else None
                 out.append(RunSpec(paper=decl.paper, item=item.id, row=row["name"], column=col["name"], fold=fold,
-                                   config=config, burn_in_from=share))
+                                   config=config, burn_in_from=share,
+                                   ensemble_teachers=tuple(config.method_options.get("ensemble_teachers", ())),
+                                   ensemble_with=config.ensemble_with))
     return out
+
+
+@dataclass
+class _Cell:
+    """The runs of one column, fold and seed resolution of an item: each row's config, with the run
+    keys of the rows it names in ``ensemble_teachers_from`` / ``ensemble_with_from`` filled in."""
+
+    decl: Declarations
+    item: Item
+    scale: str
+    col: dict[str, Any]
+    at_scale: dict[str, Any]
+    fold: int
+    overrides: dict[str, Any]
+    configs: dict[str, TrainConfig] = field(default_factory=dict)
+    resolving: list[str] = field(default_factory=list)
+
+    def key(self, row_name: str) -> str:
+        return run_key(self.config(row_name))
+
+    def config(self, row_name: str) -> TrainConfig:
+        if row_name in self.configs:
+            return self.configs[row_name]
+        where = f"{self.decl.path}: item {self.item.id!r}, row {row_name!r}"
+        if row_name in self.resolving:
+            raise InputError(f"{where}: its ensemble rows lead back to it ({' -> '.join(self.resolving)}). Fix: "
+                             "name rows that do not name this row in ensemble_teachers_from / ensemble_with_from.")
+        self.resolving.append(row_name)
+        row = self.item.row(row_name)
+        config = _config(self.scale, row, self.col, self.at_scale, self.fold, self.overrides,
+                         where=f"{self.decl.path} ({self.item.id})")
+        teachers = [self.key(r) for r in _source_rows(self, row, "ensemble_teachers_from")]
+        students = [self.key(r) for r in _source_rows(self, row, "ensemble_with_from")]
+        self.resolving.pop()
+        if teachers:
+            if "ensemble_teachers" not in _option_defaults(row["method"]):
+                raise InputError(f"{where}: method {row['method']!r} takes no extra teachers. Fix: drop "
+                                 "ensemble_teachers_from, or use a method with the option ensemble_teachers.")
+            config = dataclasses.replace(config, method_options={**config.method_options,
+                                                                 "ensemble_teachers": tuple(teachers)})
+        if students:
+            config = dataclasses.replace(config, ensemble_with=tuple(students))
+        twin = [self.key(r) for r in _source_rows(self, row, "burn_in_from", [row["burn_in_from"]])] \
+            if row.get("burn_in_from") and teachers else []  # the run's own teacher starts from its burn-in
+        own = [k for k in (*teachers, *students) if k == run_key(config)] + [k for k in twin if k in teachers]
+        if own or len(set(teachers)) < len(teachers) or len(set(students)) < len(students):
+            raise InputError(f"{where}: its ensemble names the same run twice (or itself): rows of one ensemble "
+                             "resolve to one run key. Fix: make the rows differ (e.g. set: {seed: 1}; declared "
+                             "seeds of the scale override a row's seed).")
+        self.configs[row_name] = config
+        return config
+
+
+def _source_rows(cell: _Cell, row: dict[str, Any], key: str, names: list[str] | None = None) -> list[str]:
+    """The rows a row names under ``key`` (a list of row names; ``burn_in_from``: one), each a row of the item."""
+    names = names if names is not None else row.get(key) or []
+    rows = [r["name"] for r in cell.item.rows]
+    if not isinstance(names, list):
+        raise InputError(f"{cell.decl.path}: item {cell.item.id!r}, row {row['name']!r}: {key} {names!r} is not a "
+                         "list of row names. Fix: e.g. [\"Supervised\"].")
+    for name in names:
+        if name not in rows:
+            raise InputError(f"{cell.decl.path}: item {cell.item.id!r}, row {row['name']!r}: {key} {name!r} "
+                             f"is not a row of the item. Fix: name one of {rows}.")
+    return names
 
 
 def _config(scale: str, row: dict[str, Any], col: dict[str, Any], at_scale: dict[str, Any], fold: int,

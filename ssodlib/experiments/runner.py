@@ -61,6 +61,7 @@ def run_one(spec: RunSpec, *, store: ResultsStore, data_root: str | None = None,
     done = store.get(spec.key)
     if done is not None:
         return done
+    check_sources(spec, store)
     out = store.run_dir(spec.key)
     config = _runtime_config(spec, store=store, out=out, data_root=data_root, device=device)
     tic, commit = time.perf_counter(), code_commit()  # the code the run starts with, not whatever is checked out later
@@ -129,10 +130,17 @@ def run_side_by_side(specs: list[RunSpec], *, store: ResultsStore, data_root: st
 
 
 def _next_ready(pending: list[RunSpec], running: list[_Job], store: ResultsStore) -> RunSpec | None:
-    """The first pending run that need not wait: no burn-in twin, the twin's snapshot exists, or the twin
-    is neither pending nor running (then the run does its own burn-in)."""
+    """The first pending run that need not wait: its extra teachers' burn-in snapshots exist and the
+    runs it ensembles with have finished (or are neither pending nor running: then the run fails with
+    the fix), and it has no burn-in twin, the twin's snapshot exists, or the twin is neither pending
+    nor running (then the run does its own burn-in)."""
     waiting_for = {s.key for s in pending} | {j.spec.key for j in running}
     for spec in pending:
+        snapshot = f"checkpoint-{spec.config.burn_in}.pt"
+        if any(k in waiting_for and not (store.run_dir(k) / snapshot).is_file() for k in spec.ensemble_teachers):
+            continue
+        if any(k in waiting_for for k in spec.ensemble_with):  # a record appears when the run has finished
+            continue
         twin = spec.burn_in_from
         if twin is None or twin not in waiting_for:
             return spec
@@ -141,7 +149,21 @@ def _next_ready(pending: list[RunSpec], running: list[_Job], store: ResultsStore
     return None
 
 
+def check_sources(spec: RunSpec, store: ResultsStore) -> None:
+    """Before training: the burn-in snapshots of the run's extra teachers and the records of the runs it
+    ensembles with exist (else the run would fail at its first semi-supervised step or at its end)."""
+    snapshot = f"checkpoint-{spec.config.burn_in}.pt"
+    missing = [str(store.run_dir(k) / snapshot) for k in spec.ensemble_teachers
+               if not (store.run_dir(k) / snapshot).is_file()]
+    missing += [str(store.record_path(k)) for k in spec.ensemble_with if not store.is_complete(k)]
+    if missing:
+        raise InputError(f"run {spec.key} ({spec.describe()}) needs {missing} (its ensemble's teachers' burn-in "
+                         "snapshots, its ensemble's finished runs). Fix: run the whole table (ssod experiments run "
+                         "orders those runs first), or those runs' indices before this one.")
+
+
 def _start(spec: RunSpec, *, store: ResultsStore, data_root: str | None, device: str | None, threads: int) -> _Job:
+    check_sources(spec, store)
     out = store.run_dir(spec.key)
     out.mkdir(parents=True, exist_ok=True)
     config = with_runtime(_runtime_config(spec, store=store, out=out, data_root=data_root, device=device),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -26,11 +27,13 @@ from ssodlib.io import InputError
 @dataclass(frozen=True, kw_only=True)
 class RunInfo:
     """What a method may know of its run: the seed (for its own random draws), the iteration at which
-    the burn-in ends, and the test view (one scale, no flip) for extra passes over images."""
+    the burn-in ends, the test view (one scale, no flip) for extra passes over images, and the run's
+    folder (``None`` outside a trainer): in a results store its siblings are the other runs, by key."""
 
     seed: int
     burn_in: int
     test_view: WeakViewConfig
+    run_dir: Path | None = None
 
 
 @dataclass

@@ -54,11 +54,22 @@ No official code exists. Choices of this implementation (the paper is silent or 
   localisation), as Eq. 2's ``p_u*, t_u*`` (STAC's convention).
 * Switches: ``certainty`` (selection by ``p * v`` rather than ``p``), ``dynamic_threshold`` (off:
   ``gamma1 = 0``, i.e. ``tau_m = tau``), ``reweight`` (off: ``gamma2 = 0``, ``alpha_m = 1``).
+* Model ensemble (Table 3, Sec. 3.2: two teachers trained separately, their ensemble labels the images
+  of two students, and the two students are evaluated as one): option ``ensemble_teachers`` names
+  other runs of the same results store (run keys: sibling folders of this run's) whose burn-in
+  snapshots ``checkpoint-{burn_in}.pt`` are extra fixed teachers, loaded once at the first
+  semi-supervised step. The pseudo labels are then the certainty-aware selection from the
+  detection-level ensemble (:func:`~ssodlib.models.ensemble.ensemble_detections`: union, class-wise
+  NMS, top-k; our choice, the paper's "simplified model ensemble from [49]" is unspecified) of every
+  teacher's detections on the weak view. The students' ensemble is evaluated by the trainer
+  (``TrainConfig.ensemble_with``).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -68,11 +79,12 @@ from torch import Tensor, nn
 from ssodlib.config import Rule, check_ranges
 from ssodlib.data.batch import Batch
 from ssodlib.io import InputError
-from ssodlib.methods.base import JointLosses, StepContext, TeacherStudentMethod
+from ssodlib.methods.base import JointLosses, RunInfo, StepContext, TeacherStudentMethod
 from ssodlib.methods.rcnn_passes import log_student_rois, pseudo_labels_in_student_view, student_pass, teacher_pass
 from ssodlib.methods.rethinking_pl_maths import class_statistics, dynamic_thresholds
 from ssodlib.models.detectors.base import Detections
 from ssodlib.models.detectors.faster_rcnn import FasterRCNN, RoIOutput, RoISamples
+from ssodlib.models.ensemble import ensemble_detections
 from ssodlib.models.losses import softmax_focal_loss
 from ssodlib.models.side_buckets import encode_sides, side_losses, side_quality
 
@@ -95,6 +107,8 @@ class RethinkingPLOptions:
     reweight_scope: str = "all"  # "all" (labeled and unlabeled fg RoIs) | "unlabeled"
     box_regression: bool = True  # RoI side / box loss on pseudo boxes
     rpn_regression: bool = True  # RPN box loss on pseudo boxes
+    # Table 3: run keys (same results store) whose burn-in snapshots are extra fixed teachers
+    ensemble_teachers: tuple[str, ...] = ()
 
 
 OPTION_RULES = {"teacher": Rule(choices=("fixed", "mean_teacher")), "tau": Rule(low=0, high=1),
@@ -205,6 +219,12 @@ class RethinkingPL(TeacherStudentMethod):
         self.sum_pv: Tensor | None = None  # (C,) float64, Eq. 6's S_m over the window
         self.counts: Tensor | None = None  # (C,) float64, N_m (float: the decayed window is fractional)
         self.fingerprint: Tensor | None = None  # the fixed teacher's, from the first semi-supervised step
+        self.run: RunInfo | None = None
+        self.extra_teachers: list[nn.Module] | None = None  # loaded at the first semi-supervised step
+
+    def setup(self, *, labeled: Any, unlabeled: Any, run: RunInfo, device: torch.device) -> None:
+        """Keeps the run (its folder locates the ``ensemble_teachers`` snapshots)."""
+        self.run = run
 
     # -- seam with the trainer --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -244,6 +264,50 @@ class RethinkingPL(TeacherStudentMethod):
                              "model, but the trainer's EMA changed it. Fix: set ema_keep_rate: 1.0, or "
                              "method_options.teacher: mean_teacher.")
 
+    # -- Table 3: extra teachers ---------------------------------------------------------------------
+    def snapshot_paths(self) -> list[Path]:
+        """The burn-in snapshots of the runs ``ensemble_teachers`` names, beside this run's folder."""
+        if self.run is None or self.run.run_dir is None:
+            raise InputError(f"method {self.name!r} with ensemble_teachers needs its run folder to find the other "
+                             "runs' snapshots. Fix: train through the trainer (ssod train / ssod experiments run), "
+                             "or drop method_options.ensemble_teachers.")
+        return [self.run.run_dir.parent / key / f"checkpoint-{self.run.burn_in}.pt"
+                for key in self.options.ensemble_teachers]
+
+    def load_extra_teachers(self, teacher: nn.Module) -> list[nn.Module]:
+        """Copies of ``teacher`` with the student weights of each ``ensemble_teachers`` run's burn-in
+        snapshot (the model its own teacher starts as), in eval mode without gradients; loaded once."""
+        if self.extra_teachers is not None:
+            return self.extra_teachers
+        extra = []
+        for path in self.snapshot_paths():
+            if not path.is_file():
+                raise InputError(f"{path}: no burn-in snapshot of the extra teacher (method_options."
+                                 "ensemble_teachers). Fix: run that run to its burn-in first (ssod experiments run "
+                                 "waits for it), with snapshots including the burn-in, or drop its key.")
+            ckpt = torch.load(path, map_location=next(teacher.parameters()).device, weights_only=True)
+            model = copy.deepcopy(teacher)
+            try:
+                model.load_state_dict(ckpt["student"])
+            except RuntimeError as e:  # another detector's weights
+                raise InputError(f"{path}: not a snapshot of this run's detector ({e}). Fix: name runs with the "
+                                 "same detector options in ensemble_teachers.") from e
+            extra.append(model.eval().requires_grad_(False))
+        self.extra_teachers = extra
+        return extra
+
+    def teacher_detections(self, teacher: nn.Module, weak: list[Tensor]) -> list[Detections]:
+        """Per weak view, the teacher's detections, or (``ensemble_teachers``) the ensemble of its and
+        the extra teachers' detections."""
+        dets = teacher_pass(teacher, weak).detections
+        extra = self.load_extra_teachers(teacher) if self.options.ensemble_teachers else []
+        if not extra:
+            return dets
+        others = [teacher_pass(t, weak).detections for t in extra]
+        c = teacher.config
+        return [ensemble_detections(list(image_dets), iou_threshold=c.nms_thresh, max_detections=c.detections_per_img)
+                for image_dets in zip(dets, *others)]
+
     # -- Eq. 6 ------------------------------------------------------------------------------------
     def class_parameters(self, num_classes: int) -> tuple[Tensor, Tensor]:
         """``(C,)`` ``tau_m`` and ``alpha_m`` from the statistics so far (the switches zero the gammas)."""
@@ -266,9 +330,9 @@ class RethinkingPL(TeacherStudentMethod):
     # -- losses -----------------------------------------------------------------------------------
     def pseudo_labels(self, ctx: StepContext, batch: Batch, tau_m: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Per unlabeled image, the selected teacher detections mapped into the student's view."""
-        tp = teacher_pass(ctx.teacher, batch.weak)
+        dets = self.teacher_detections(ctx.teacher, batch.weak)
         return pseudo_labels_in_student_view(
-            ctx, tp.detections, batch, lambda det, *_: select_certain(det, tau_m, certainty=self.options.certainty))
+            ctx, dets, batch, lambda det, *_: select_certain(det, tau_m, certainty=self.options.certainty))
 
     def unsupervised_losses(self, student: FasterRCNN, ctx: StepContext, batch: Batch) -> JointLosses:
         o = self.options

@@ -82,12 +82,22 @@ def metric_value(metrics: dict[str, Any], metric: str) -> float:
     return float(np.nanmean([math.nan if per_class[n] is None else per_class[n] for n in wanted]))
 
 
-def _score(record: dict[str, Any] | None, item: Item, metric: str) -> float:
+def row_model(item: Item, row: str) -> str:
+    """The model a row is scored by: its own ``model`` (e.g. ``ensemble``), else the item's."""
+    return item.row(row).get("model") or item.model
+
+
+def _model_in(final: dict[str, Any], item: Item, row: str) -> str:
+    """The row's model where the run's final metrics have it; else the student (a run without a teacher)."""
+    model = row_model(item, row)
+    return model if model in final else "student"
+
+
+def _score(record: dict[str, Any] | None, item: Item, row: str, metric: str) -> float:
     if not record or not record.get("final"):
         return math.nan
     final = record["final"]
-    model = item.model if item.model in final else "student"
-    return 100.0 * metric_value(final[model], metric)
+    return 100.0 * metric_value(final[_model_in(final, item, row)], metric)
 
 
 RUN_COLUMNS = ["row", "column", "fold", "seed", "key", "done", "source", "value"]
@@ -102,7 +112,7 @@ def results_frame(item: Item, specs: list[RunSpec], store: LayeredStore) -> pd.D
         record = store.get(s.key)
         lines.append({"row": s.row, "column": s.column, "fold": s.fold, "seed": s.config.seed, "key": s.key,
                       "done": record is not None, "source": store.source(s.key) or "",
-                      "value": _score(record, item, metrics[s.column])})
+                      "value": _score(record, item, s.row, metrics[s.column])})
     return pd.DataFrame(lines, columns=RUN_COLUMNS)
 
 
@@ -212,8 +222,8 @@ def _draw(plot: str, item: Item, specs: list[RunSpec], store: LayeredStore, path
         curves = {}
         for s in done:
             final = store.get(s.key)["final"]
-            model = item.model if item.model in final else "student"
-            curves[_label(s)] = {float(k): 100.0 * v for k, v in final[model]["ap_per_iou"].items()}
+            per_iou = final[_model_in(final, item, s.row)]["ap_per_iou"]
+            curves[_label(s)] = {float(k): 100.0 * v for k, v in per_iou.items()}
         return bool(curves) and figures.ap_per_iou(curves, path=path)
     if plot == "pseudo_label_precision_per_iou":  # Rethinking PL Fig. 3, from the logged diagnostics
         curves = {_label(s): precision_per_iou(read_metrics(store.run_dir(s.key))) for s in done}

@@ -172,7 +172,8 @@ def test_a_field_added_later_keeps_old_keys_at_its_default_and_changes_them_othe
     # strong_augment came after records shipped: at its default the key is the key of the same config
     # hashed without the field (what every shipped record was keyed by); a subset is another run
     base = train_config("smoke", method="pseudo_label")
-    payload = {k: v for k, v in config_dict(base).items() if k not in RUNTIME_FIELDS and k != "strong_augment"}
+    later = {"strong_augment", "ensemble_with"}  # every field added after records shipped
+    payload = {k: v for k, v in config_dict(base).items() if k not in RUNTIME_FIELDS and k not in later}
     legacy = hashlib.sha1(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:10]
     assert run_key(base) == f"pseudo_label-10pct-f1-{legacy}"
     assert run_key(dataclasses.replace(base, strong_augment=("color", "blur"))) != run_key(base)
@@ -251,7 +252,8 @@ def test_a_misspelt_row_key_names_the_file_the_item_and_the_allowed_keys(papers)
     message = _error(lambda: plan("one", "t1", "smoke"))
     assert message.startswith(f"{path}: malformed item 't1', row 'Sup': unknown key(s) ['methd']")
     assert "did you mean 'method'?" in message
-    assert "Fix: use only ['burn_in_from', 'method', 'name', 'reference', 'set']" in message
+    assert ("Fix: use only ['burn_in_from', 'ensemble_teachers_from', 'ensemble_with_from', 'method', 'model', "
+            "'name', 'reference', 'set']") in message
 
 
 def test_a_misspelt_optional_row_key_is_an_error_not_a_row_without_it(papers):

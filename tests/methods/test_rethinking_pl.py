@@ -12,7 +12,9 @@ from ssodlib.engine.run_folder import read_metrics
 from ssodlib.engine.trainer import Trainer
 from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.io import InputError
-from ssodlib.methods import StepContext, get_method
+from ssodlib.data.transforms import WeakViewConfig
+from ssodlib.methods import RunInfo, StepContext, get_method
+from ssodlib.methods.rcnn_passes import TeacherPass
 from ssodlib.methods import rethinking_pl as rt
 from ssodlib.methods.rethinking_pl import (RethinkingPL, foreground_weights, reweighted_roi_loss, select_certain,
                                            teacher_fingerprint)
@@ -265,3 +267,68 @@ def test_a_smoke_run_with_the_ema_on_and_a_fixed_teacher_stops_with_the_fix(smok
                        ema_keep_rate=0.9, eval_every=100, log_every=1, threads=1)
     with pytest.raises(InputError, match="ema_keep_rate: 1.0"):
         Trainer(cfg, out_dir=tmp_path, progress=False).run()
+
+
+# -- Table 3: extra teachers ---------------------------------------------------------------------------
+def _run(tmp_path, burn_in=4) -> RunInfo:
+    return RunInfo(seed=0, burn_in=burn_in, test_view=WeakViewConfig(), run_dir=tmp_path / "runs" / "me")
+
+
+def test_an_extra_teacher_is_the_burn_in_snapshot_s_student_loaded_once(tmp_path):
+    other = side_detector()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.5)  # weights unlike the run's own teacher's
+    snapshot = tmp_path / "runs" / "other-key" / "checkpoint-4.pt"
+    snapshot.parent.mkdir(parents=True)
+    torch.save({"iteration": 4, "student": other.state_dict(), "teacher": {}}, snapshot)
+    method = RethinkingPL(options={"ensemble_teachers": ["other-key"]})
+    method.setup(labeled=None, unlabeled=None, run=_run(tmp_path), device=torch.device("cpu"))
+    assert method.snapshot_paths() == [snapshot]
+    teacher = _teacher(side_detector())
+    (extra,) = method.load_extra_teachers(teacher)
+    assert extra is not teacher and not extra.training
+    assert not any(p.requires_grad for p in extra.parameters())
+    for name, value in extra.state_dict().items():
+        assert torch.equal(value, other.state_dict()[name]), name
+    assert method.load_extra_teachers(teacher)[0] is extra  # once, not per step
+
+
+def test_a_missing_extra_teacher_snapshot_names_the_path_and_the_fix(tmp_path):
+    method = RethinkingPL(options={"ensemble_teachers": ["absent"]})
+    method.setup(labeled=None, unlabeled=None, run=_run(tmp_path), device=torch.device("cpu"))
+    missing = tmp_path / "runs" / "absent" / "checkpoint-4.pt"
+    with pytest.raises(InputError, match=f"{missing}: no burn-in snapshot.*Fix: run that run to its burn-in"):
+        method.load_extra_teachers(_teacher(side_detector()))
+
+
+def _one_box(box, p, v) -> Detections:
+    # one class-0 detection: class_probs (background, class 0, class 1) = (1 - p, p, 0), quality v
+    probs = torch.tensor([[1 - p, p, 0.0]])
+    return Detections(torch.tensor([box]), torch.tensor([p * v]), torch.tensor([0]), probs, quality=torch.tensor([v]))
+
+
+def _nothing() -> Detections:
+    return Detections(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 3),
+                      quality=torch.zeros(0))
+
+
+def test_the_pseudo_labels_come_from_the_ensemble_of_the_own_and_the_extra_teachers(monkeypatch):
+    own, extra = _teacher(side_detector()), _teacher(side_detector())
+    found = {id(own): [_nothing()], id(extra): [_one_box([8.0, 8, 40, 40], 0.9, 0.9)]}
+    monkeypatch.setattr(rt, "teacher_pass", lambda t, weak: TeacherPass(found[id(t)], {}, None))
+    method = RethinkingPL(options={"ensemble_teachers": ["b"]})
+    method.extra_teachers = [extra]  # as load_extra_teachers leaves them
+    tau = torch.tensor([0.7, 0.7])
+    # the own teacher detects nothing; the extra one a box with p * v = 0.81 >= 0.7: that box is the label
+    boxes, labels = method.pseudo_labels(_ctx(own), tiny_batch(), tau)
+    assert boxes[0].tolist() == [[8.0, 8, 40, 40]] and labels[0].tolist() == [0]
+    # both teachers find the box (IoU 1): NMS keeps one, the higher-scored (own 0.95 * 0.95 = 0.9025 > 0.81)
+    found[id(own)] = [_one_box([8.0, 8, 40, 40], 0.95, 0.95)]
+    dets = method.teacher_detections(own, tiny_batch().weak)
+    assert len(dets[0].boxes) == 1 and dets[0].quality.tolist() == pytest.approx([0.95])
+    # without ensemble_teachers only the own teacher labels
+    alone = RethinkingPL()
+    found[id(own)] = [_nothing()]
+    boxes, _ = alone.pseudo_labels(_ctx(own), tiny_batch(), tau)
+    assert boxes[0].shape == (0, 4)
