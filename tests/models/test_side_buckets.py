@@ -260,14 +260,16 @@ def test_side_head_losses_under_bf16_autocast():
 
 
 def test_side_head_overfits_one_image():
-    # as test_detector's overfit, with K = 10: the top detection must localise the box and be confident
+    # as test_detector's overfit, with K = 10: the top detection must localise the box and be confident.
+    # 300 steps, not 100: after 100 the top box of seed 0 had IoU 0.96 on one CPU model and 0.48 on
+    # another (float rounding); after 300, seeds 0-3 all reach IoU > 0.8 and quality > 0.6 there
     m = _model(num_classes=1, anchor_sizes=(16, 32, 64, 128, 256), roi_batch_size=32, rpn_batch_size=32, **SIDE,
                side_bins=10)
     img = torch.full((3, 96, 96), 20, dtype=torch.uint8)
     img[:, 32:64, 24:60] = 230
     gt = torch.tensor([[24.0, 32.0, 60.0, 64.0]])
     opt = torch.optim.Adam(m.parameters(), lr=2e-3)
-    for _ in range(100):
+    for _ in range(300):
         loss = sum(m.supervised_losses([img], [gt], [torch.tensor([0])]).values())
         opt.zero_grad()
         loss.backward()
