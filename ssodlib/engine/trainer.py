@@ -37,7 +37,7 @@ from ssodlib.evaluation.pseudo_labels import PseudoLabelStats
 from ssodlib.io import InputError, jsonable, write_json, write_text
 from ssodlib.methods import Method, RunInfo, StepContext, get_method
 from ssodlib.models.build import build_detector, detector_signature, pretrained_trunk
-from ssodlib.models.ensemble import EnsembleDetector
+from ssodlib.models.ensemble import EnsembleDetector, frozen_copy
 
 
 MAX_SKIPPED_STEPS = 10
@@ -320,15 +320,10 @@ class Trainer:
     def _ensemble(self, state: _State) -> EnsembleDetector:
         """This run's student and the final students of the runs ``ensemble_with`` names (sibling
         folders of this run's, as in a results store), as one detector (``ssodlib.models.ensemble``)."""
-        others = []
-        for key in self.config.ensemble_with:
-            other, run_dir = copy.deepcopy(state.student), self.out_dir.parent / key
-            try:
-                other.load_state_dict(final_student_weights(run_dir, map_location=self.device))
-            except RuntimeError as e:  # missing or misshapen weights: another detector
-                raise InputError(f"{run_dir / CHECKPOINT_NAME}: its student is not a detector of this run's kind "
-                                 f"({e}). Fix: ensemble_with runs of the same detector and options.") from e
-            others.append(other.eval().requires_grad_(False))
+        others = [frozen_copy(state.student, final_student_weights(run_dir, map_location=self.device),
+                              source=f"{run_dir / CHECKPOINT_NAME}: its student is not a detector of this run's kind",
+                              fix="ensemble_with runs of the same detector and options.")
+                  for run_dir in (self.out_dir.parent / key for key in self.config.ensemble_with)]
         return EnsembleDetector(members=[state.student, *others]).train(state.student.training)
 
     # -- the loop -------------------------------------------------------------------------------

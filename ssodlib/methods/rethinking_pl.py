@@ -67,7 +67,6 @@ No official code exists. Choices of this implementation (the paper is silent or 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -84,7 +83,7 @@ from ssodlib.methods.rcnn_passes import log_student_rois, pseudo_labels_in_stude
 from ssodlib.methods.rethinking_pl_maths import class_statistics, dynamic_thresholds
 from ssodlib.models.detectors.base import Detections
 from ssodlib.models.detectors.faster_rcnn import FasterRCNN, RoIOutput, RoISamples
-from ssodlib.models.ensemble import ensemble_detections
+from ssodlib.models.ensemble import ensemble_detections, frozen_copy
 from ssodlib.models.losses import softmax_focal_loss
 from ssodlib.models.side_buckets import encode_sides, side_losses, side_quality
 
@@ -286,13 +285,8 @@ class RethinkingPL(TeacherStudentMethod):
                                  "ensemble_teachers). Fix: run that run to its burn-in first (ssod experiments run "
                                  "waits for it), with snapshots including the burn-in, or drop its key.")
             ckpt = torch.load(path, map_location=next(teacher.parameters()).device, weights_only=True)
-            model = copy.deepcopy(teacher)
-            try:
-                model.load_state_dict(ckpt["student"])
-            except RuntimeError as e:  # another detector's weights
-                raise InputError(f"{path}: not a snapshot of this run's detector ({e}). Fix: name runs with the "
-                                 "same detector options in ensemble_teachers.") from e
-            extra.append(model.eval().requires_grad_(False))
+            extra.append(frozen_copy(teacher, ckpt["student"], source=f"{path}: not a snapshot of this run's detector",
+                                     fix="name runs with the same detector options in ensemble_teachers."))
         self.extra_teachers = extra
         return extra
 

@@ -11,12 +11,14 @@ survives, so the ensemble recalls what either model recalls.
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
+from ssodlib.io import InputError
 from ssodlib.models.detectors.base import Detections
 
 DEFAULT_IOU = 0.5  # the detectors' default class-wise NMS threshold (FasterRCNN's nms_thresh)
@@ -41,6 +43,17 @@ def ensemble_detections(dets: Sequence[Detections], *, iou_threshold: float = DE
     keep = batched_nms(boxes, scores, labels, iou_threshold)[:max_detections]  # sorted by score, descending
     return Detections(boxes[keep], scores[keep], labels[keep], probs[keep],
                       quality=None if quality is None else quality[keep])
+
+
+def frozen_copy(model: nn.Module, weights: dict[str, Tensor], *, source: str, fix: str) -> nn.Module:
+    """A copy of ``model`` with ``weights`` (another run's), in eval mode without gradients: an ensemble
+    member. Weights of another detector raise :class:`InputError` naming ``source`` and ``fix``."""
+    member = copy.deepcopy(model)
+    try:
+        member.load_state_dict(weights)
+    except RuntimeError as e:  # missing or misshapen weights: another detector
+        raise InputError(f"{source}: {e}. Fix: {fix}") from e
+    return member.eval().requires_grad_(False)
 
 
 def _member_setting(member: nn.Module, name: str, default: float) -> float:
