@@ -130,9 +130,15 @@ def _cmd_eval(args: argparse.Namespace) -> None:
                                 max_size=config.max_size, progress=not args.quiet).to_dict()
     if args.errors is not None:
         metrics["errors"] = _box_errors(model, config, files, score_thresh=args.errors, num_images=args.error_images)
+    if args.quality:
+        metrics["quality"] = _quality(model, config, files, num_images=args.error_images)
     if args.out:
         write_json(args.out, metrics, indent=2)
     print(f"{args.model}: AP {100 * metrics['ap']:.2f}  AP50 {100 * metrics['ap50']:.2f}  AP75 {100 * metrics['ap75']:.2f}")
+    if args.quality:
+        quality = dict(metrics["quality"])
+        print(f"localisation quality v on {quality.pop('images_from')}: "
+              + "  ".join(f"{k} {v:.3f}" for k, v in quality.items()))
     if args.errors is not None:
         errors = dict(metrics["errors"])
         source = errors.pop("images_from")
@@ -149,6 +155,17 @@ def _box_errors(model, config, files, *, score_thresh: float, num_images: int) -
                            max_size=config.max_size)
     kind = "unlabeled images" if ann_file == files.unlabeled_ann else "validation images"
     return {"images_from": f"{kind} ({ann_file})", **error_breakdown(images, score_thresh=score_thresh)}
+
+
+def _quality(model, config, files, *, num_images: int) -> dict[str, float | str]:
+    """The side head's quality v against the pseudo-label thresholds, on unlabeled training images."""
+    from ssodlib.experiments.inspection import inspection_images, quality_summary, spread_indices
+
+    dataset, ann_file = inspection_images(files, unlabeled=True)
+    summary = quality_summary(model, dataset, spread_indices(len(dataset), num_images), test_scale=config.test_scale,
+                              max_size=config.max_size)
+    kind = "unlabeled images" if ann_file == files.unlabeled_ann else "validation images"
+    return {"images_from": f"{kind} ({ann_file})", **summary}
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
@@ -405,7 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--errors", type=float, default=None, metavar="SCORE",
                    help="also break down the boxes scoring >= SCORE on unlabeled training images (pseudo labels "
                         "at that threshold) into true positives, duplicates, wrong class, localization, background")
-    p.add_argument("--error-images", type=int, default=150, help="unlabeled images for --errors, spread evenly")
+    p.add_argument("--quality", action="store_true",
+                   help="also the side head's localisation quality v of the detections on unlabeled training images "
+                        "against the pseudo-label thresholds (p >= t and p * v >= t per image; Rethinking PL)")
+    p.add_argument("--error-images", type=int, default=150, help="unlabeled images for --errors and --quality, "
+                                                                "spread evenly")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("compare", help="runs side by side: the metric at each evaluated iteration, each run's "

@@ -78,7 +78,8 @@ class TrainConfig:
     eval_every: int = 500
     eval_images: int | None = None  # evaluate on the first N validation images (None: all)
     # a teacher-student run evaluates the teacher at every evaluation and the student beside it only
-    # at the end ("final": the numbers the papers report, for ~40 % less evaluation) or every time ("every")
+    # at the end ("final": the numbers the papers report, for ~40 % less evaluation) or every time ("every");
+    # with a fixed teacher (ema_keep_rate 1, Rethinking PL) "final" scores the learning student instead
     eval_student: str = "final"
     checkpoint_every: int = 250
     log_every: int = 20

@@ -288,7 +288,9 @@ class Trainer:
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(self, state: _State, *, final: bool = True) -> dict[str, Any]:
         """COCO metrics of the student and (after burn-in) the teacher; before the end (``final=False``)
-        of the teacher only unless ``eval_student`` is "every"; at the end also the ``ensemble`` of the
+        of the teacher only unless ``eval_student`` is "every", or of the student only when the teacher
+        is fixed (``ema_keep_rate`` 1: it stays the burn-in model, whose score the burn-in's last
+        evaluation already gave, and the student is what learns); at the end also the ``ensemble`` of the
         student with the final students of the ``ensemble_with`` runs. Every rank detects on its shard
         of the validation images, the main rank scores them (the others return ``{}``)."""
         c = self.config
@@ -297,7 +299,7 @@ class Trainer:
         if state.teacher is not None and state.iteration > c.burn_in:  # teacher := student happens at step burn_in
             models["teacher"] = state.teacher
             if not final and c.eval_student == "final":
-                del models["student"]
+                del models["teacher" if c.ema_keep_rate == 1.0 else "student"]
         if final and c.ensemble_with:
             models["ensemble"] = self._ensemble(state)
         # the method prepares detectors, not ensembles: the ensemble's other members (its first is the student)

@@ -167,3 +167,59 @@ def inspection_images(files: DataFiles, *, unlabeled: bool) -> tuple[CocoDetecti
 def spread_indices(n: int, k: int) -> list[int]:
     """``k`` indices spread evenly over ``0..n-1`` (a fixed, seed-free choice of images)."""
     return sorted(set(np.linspace(0, n - 1, num=min(k, n)).round().astype(int).tolist())) if n else []
+
+
+# -- the localisation quality v of a side-classification head (Rethinking Pseudo Labels) ----------------
+
+QUALITY_THRESHOLDS = (0.5, 0.6, 0.7)
+
+
+def quality_summary(detector: torch.nn.Module, dataset: CocoDetection, indices: Sequence[int], *, test_scale: int,
+                    max_size: int, thresholds: Sequence[float] = QUALITY_THRESHOLDS,
+                    confident: float = 0.5) -> dict[str, float]:
+    """How the side head's quality ``v`` of the kept detections compares with the pseudo-label threshold
+    (the certainty-aware filter keeps ``p * v >= tau``) and how well it ranks localisation.
+
+    ``p`` is each detection's class probability, ``v`` its quality, IoU its best with a ground-truth box
+    of the image (any class). Returns, over the detections with ``p >= confident``: their count per image,
+    the mean and quartiles of ``v``, and the Spearman rank correlations of ``v`` and of ``p`` with IoU;
+    and for each threshold ``t`` the detections per image with ``p >= t`` and with ``p * v >= t``."""
+    view = WeakViewConfig(scales=(test_scale,), max_size=max_size, flip_prob=0.0)
+    g = torch.Generator()
+    p, v, iou = [], [], []
+    for i in indices:
+        image, target = dataset[i]
+        seen, matrix = weak_view(image, view, g)
+        det = detector.predict([seen])[0]
+        if det.quality is None:
+            raise InputError("quality_summary needs a detector with a localisation quality (Faster R-CNN's "
+                             "box_head='side_classification'). Fix: pass such a run's checkpoint.")
+        boxes = transform_boxes(det.boxes.float().cpu(), torch.linalg.inv(matrix))
+        gt = target["boxes"].float()
+        p.append(det.class_probs[torch.arange(len(det.labels)), det.labels + 1].float().cpu())
+        v.append(det.quality.float().cpu())
+        iou.append(box_iou(boxes, gt).amax(dim=1) if len(gt) and len(boxes) else torch.zeros(len(boxes)))
+    return _quality_stats(torch.cat(p), torch.cat(v), torch.cat(iou), num_images=max(len(indices), 1),
+                          thresholds=thresholds, confident=confident)
+
+
+def _quality_stats(p: Tensor, v: Tensor, iou: Tensor, *, num_images: int, thresholds: Sequence[float],
+                   confident: float) -> dict[str, float]:
+    sure = p >= confident
+    quartiles = v[sure].quantile(torch.tensor([0.25, 0.5, 0.75])).tolist() if sure.any() else [float("nan")] * 3
+    out = {f"detections_p>={confident:g}_per_image": sure.sum().item() / num_images,
+           "mean_v": v[sure].mean().item() if sure.any() else float("nan"),
+           "v_q25": quartiles[0], "v_median": quartiles[1], "v_q75": quartiles[2],
+           "rank_corr_v_iou": _spearman(v[sure], iou[sure]), "rank_corr_p_iou": _spearman(p[sure], iou[sure])}
+    for t in thresholds:
+        out[f"p>={t:g}_per_image"] = (p >= t).sum().item() / num_images
+        out[f"pv>={t:g}_per_image"] = (p * v >= t).sum().item() / num_images
+    return out
+
+
+def _spearman(a: Tensor, b: Tensor) -> float:
+    """Rank correlation (ties broken by position; NaN below 3 values)."""
+    if len(a) < 3:
+        return float("nan")
+    ranks = torch.stack([a.argsort().argsort(), b.argsort().argsort()]).double()
+    return torch.corrcoef(ranks)[0, 1].item()

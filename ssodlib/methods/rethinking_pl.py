@@ -85,7 +85,7 @@ from ssodlib.models.detectors.base import Detections
 from ssodlib.models.detectors.faster_rcnn import FasterRCNN, RoIOutput, RoISamples
 from ssodlib.models.ensemble import ensemble_detections, frozen_copy
 from ssodlib.models.losses import softmax_focal_loss
-from ssodlib.models.side_buckets import encode_sides, side_losses, side_quality
+from ssodlib.models.side_buckets import encode_sides, side_losses
 
 SIDE_HEAD = "side_classification"
 
@@ -146,7 +146,7 @@ def roi_statistics(student: FasterRCNN, rois: RoIOutput, samples: RoISamples, *,
     fg = labels > 0
     probs = F.softmax(rois.class_logits.detach().float(), dim=-1)[fg, labels[fg]]
     if certainty:
-        v = side_quality(student.side_outputs(rois)[0][fg].detach())
+        v = student.localization_quality(student.side_outputs(rois)[0][fg].detach())
     else:
         v = torch.ones_like(probs)
     return labels[fg] - 1, probs, v
@@ -184,7 +184,8 @@ def reweighted_roi_loss(student: FasterRCNN, rois: RoIOutput, samples: RoISample
     logits, offsets = student.side_outputs(rois)
     props, gt = torch.cat(samples.proposals)[pos], torch.cat(samples.matched_boxes)[pos]
     bins, target = encode_sides(props, gt, num_bins=c.side_bins, segment_scale=c.side_segment_scale)
-    loss_bins, loss_offsets = side_losses(logits[pos], offsets[pos], bins, target, weights=w[pos])
+    loss_bins, loss_offsets = side_losses(logits[pos], offsets[pos], bins, target, weights=w[pos],
+                                          bin_loss=c.side_bin_loss)
     return {"loss_cls": loss_cls, "loss_box": (loss_bins + loss_offsets) / n}
 
 

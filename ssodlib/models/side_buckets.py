@@ -48,9 +48,23 @@ Choices of this implementation (the paper is silent):
 * Losses are sums over boxes and sides; the detector divides them by the number of sampled RoIs, its
   box-loss convention. Smooth-L1 ``beta = 1/9`` as the detector's box regression (SABL: 0.1).
 * Side order everywhere: left, top, right, bottom, i.e. the box coordinates ``x1, y1, x2, y2``.
+
+Options (the detector's ``side_bin_loss`` and ``side_neighbor_rescoring``; defaults as above):
+
+* ``bin_loss="sigmoid"``: one-hot binary cross-entropy over the ``K`` bins of each side, *with* the
+  negative terms (SABL's ``CrossEntropyLoss(use_sigmoid=True)`` on buckets), summed over bins; ``v`` is
+  then the mean of the top *sigmoid* probabilities, which neighbouring bins do not share, and the bin
+  logits' bias starts at ``-log(K - 1)`` (prior ``1/K``) so that the first loss is not ``K log 2`` per
+  side. Eq. 3's positive-only sigmoid stays unimplemented (degenerate, above).
+* ``neighbor_rescoring=True``: a side's quality is its top bin's probability plus the second bin's when
+  the two are adjacent (SABL's ``bucket2bbox``), capped at 1. With an even ``K`` a side that needs no
+  move lies on the edge between the two middle bins, so a well-placed side's probability is split
+  between two neighbours; this counts it whole.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -88,14 +102,34 @@ def encode_sides(proposals: Tensor, gt_boxes: Tensor, *, num_bins: int,
     return bins, position - (bins + 0.5)
 
 
-def side_quality(bin_logits: Tensor) -> Tensor:
-    """Eq. 4 on probabilities: ``v = 1/4 sum_s max_k softmax(t_s)_k`` of ``(N, 4, K)`` logits, ``(N,)``
-    in ``[1/K, 1]``."""
-    return F.softmax(bin_logits.float(), dim=-1).amax(dim=-1).mean(dim=-1)
+BIN_LOSSES = ("softmax", "sigmoid")
 
 
-def decode_sides(proposals: Tensor, bin_logits: Tensor, offsets: Tensor, *,
-                 segment_scale: float = 1.0) -> tuple[Tensor, Tensor]:
+def _bin_probabilities(bin_logits: Tensor, bin_loss: str) -> Tensor:
+    if bin_loss == "softmax":
+        return F.softmax(bin_logits.float(), dim=-1)
+    if bin_loss == "sigmoid":
+        return torch.sigmoid(bin_logits.float())
+    raise ValueError(f"unknown bin loss {bin_loss!r}; choose one of {BIN_LOSSES}")
+
+
+def side_quality(bin_logits: Tensor, *, bin_loss: str = "softmax", neighbor_rescoring: bool = False) -> Tensor:
+    """Eq. 4 on probabilities: ``v = 1/4 sum_s max_k prob(t_s)_k`` of ``(N, 4, K)`` logits, ``(N,)``.
+
+    ``prob`` is the softmax over a side's bins (``bin_loss="softmax"``: ``v`` in ``[1/K, 1]``) or each
+    bin's sigmoid (``"sigmoid"``: ``v`` in ``(0, 1)``). ``neighbor_rescoring`` adds the second bin's
+    probability when it is adjacent to the top one (SABL), capped at 1."""
+    probs = _bin_probabilities(bin_logits, bin_loss)
+    if not neighbor_rescoring or probs.shape[-1] < 2:
+        return probs.amax(dim=-1).mean(dim=-1)
+    top, index = probs.topk(2, dim=-1)
+    adjacent = (index[..., 0] - index[..., 1]).abs() == 1
+    side = (top[..., 0] + top[..., 1] * adjacent.to(top)).clamp(max=1.0)
+    return side.mean(dim=-1)
+
+
+def decode_sides(proposals: Tensor, bin_logits: Tensor, offsets: Tensor, *, segment_scale: float = 1.0,
+                 bin_loss: str = "softmax", neighbor_rescoring: bool = False) -> tuple[Tensor, Tensor]:
     """Refined boxes and their localisation quality from the side head's outputs.
 
     Args:
@@ -104,7 +138,8 @@ def decode_sides(proposals: Tensor, bin_logits: Tensor, offsets: Tensor, *,
         offsets: ``(N, 4, K)`` regressed offset of every bin, in bin widths from the bin's centre.
     Returns:
         ``(N, 4)`` float32 boxes whose side ``s`` is the centre of its top bin ``k*`` plus
-        ``offsets[:, s, k*]`` bin widths, and ``(N,)`` quality ``v`` (:func:`side_quality`). Boxes are
+        ``offsets[:, s, k*]`` bin widths, and ``(N,)`` quality ``v`` (:func:`side_quality` with
+        ``bin_loss`` and ``neighbor_rescoring``; the top bin is the same under either loss). Boxes are
         neither clipped nor ordered: callers clip, and drop degenerate ones as for the regression head.
     """
     logits = bin_logits.float()
@@ -112,12 +147,14 @@ def decode_sides(proposals: Tensor, bin_logits: Tensor, offsets: Tensor, *,
     start, width = side_segments(proposals, num_bins=logits.shape[-1], segment_scale=segment_scale)
     offset = offsets.float().gather(-1, top).squeeze(-1)
     boxes = start + (top.squeeze(-1) + 0.5 + offset) * width
-    return boxes, side_quality(logits)
+    return boxes, side_quality(logits, bin_loss=bin_loss, neighbor_rescoring=neighbor_rescoring)
 
 
 def side_losses(bin_logits: Tensor, offsets: Tensor, target_bins: Tensor, target_offsets: Tensor, *,
-                beta: float = 1 / 9, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Eq. 3 (as a softmax cross-entropy, see the module docstring) and Eq. 5's refinement, summed.
+                beta: float = 1 / 9, weights: Tensor | None = None,
+                bin_loss: str = "softmax") -> tuple[Tensor, Tensor]:
+    """Eq. 3 (as a softmax cross-entropy, or with ``bin_loss="sigmoid"`` a one-hot binary cross-entropy
+    summed over the ``K`` bins, see the module docstring) and Eq. 5's refinement, summed.
 
     Args:
         bin_logits: ``(N, 4, K)`` bin logits of ``N`` positive RoIs.
@@ -125,13 +162,19 @@ def side_losses(bin_logits: Tensor, offsets: Tensor, target_bins: Tensor, target
         target_bins: ``(N, 4)`` int64 true bins, ``target_offsets``: ``(N, 4)`` (:func:`encode_sides`).
         weights: optional ``(N,)`` per-RoI multipliers of both terms (e.g. Eq. 6's ``alpha_m``).
     Returns:
-        ``(loss_bins, loss_offsets)``: the sums over RoIs and sides of ``-log softmax(t_s)[y_s]`` and
-        of ``SmoothL1_beta(o_{s, y_s} - target_s)``; the caller normalises (the detector: by the
-        number of sampled RoIs).
+        ``(loss_bins, loss_offsets)``: the sums over RoIs and sides of ``-log softmax(t_s)[y_s]`` (or
+        ``sum_k BCE(sigmoid(t_{s,k}), [k == y_s])``) and of ``SmoothL1_beta(o_{s, y_s} - target_s)``;
+        the caller normalises (the detector: by the number of sampled RoIs).
     """
     n, sides, k = bin_logits.shape
-    ce = F.cross_entropy(bin_logits.float().reshape(n * sides, k), target_bins.reshape(-1),
-                         reduction="none").reshape(n, sides)
+    if bin_loss == "softmax":
+        ce = F.cross_entropy(bin_logits.float().reshape(n * sides, k), target_bins.reshape(-1),
+                             reduction="none").reshape(n, sides)
+    elif bin_loss == "sigmoid":
+        one_hot = F.one_hot(target_bins, k).float()
+        ce = F.binary_cross_entropy_with_logits(bin_logits.float(), one_hot, reduction="none").sum(dim=-1)
+    else:
+        raise ValueError(f"unknown bin loss {bin_loss!r}; choose one of {BIN_LOSSES}")
     predicted = offsets.float().gather(-1, target_bins[..., None]).squeeze(-1)
     reg = F.smooth_l1_loss(predicted, target_offsets.float(), beta=beta, reduction="none")
     if weights is not None:
@@ -151,13 +194,17 @@ class SideBucketPredictor(nn.Module):
     that slices RoIs by row (``RoIOutput.select``, masks) works for either head.
     """
 
-    def __init__(self, *, in_channels: int, num_classes: int, num_bins: int) -> None:
+    def __init__(self, *, in_channels: int, num_classes: int, num_bins: int, bin_loss: str = "softmax") -> None:
         super().__init__()
         self.num_bins = num_bins
         # PyTorch's default Linear initialisation, as torchvision's FastRCNNPredictor that this replaces
         self.cls_score = nn.Linear(in_channels, num_classes)
         self.bin_logits = nn.Linear(in_channels, 4 * num_bins)
         self.bin_offsets = nn.Linear(in_channels, 4 * num_bins)
+        if bin_loss == "sigmoid":  # prior 1/K per bin: the first BCE is ~2 nats per side, not K log 2
+            nn.init.constant_(self.bin_logits.bias, -math.log(max(num_bins - 1, 1)))
+        elif bin_loss != "softmax":
+            raise ValueError(f"unknown bin loss {bin_loss!r}; choose one of {BIN_LOSSES}")
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         x = x.flatten(start_dim=1)
@@ -170,5 +217,5 @@ def split_side_outputs(side_outputs: Tensor, *, num_bins: int) -> tuple[Tensor, 
     return logits, offsets
 
 
-__all__ = ["MIN_EXTENT", "SIDES", "SideBucketPredictor", "decode_sides", "encode_sides", "side_losses",
+__all__ = ["BIN_LOSSES", "MIN_EXTENT", "SIDES", "SideBucketPredictor", "decode_sides", "encode_sides", "side_losses",
            "side_quality", "side_segments", "split_side_outputs"]

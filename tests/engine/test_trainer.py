@@ -193,6 +193,16 @@ def test_intermediate_evaluations_of_a_mean_teacher_skip_the_student_unless_aske
     assert {"student", "teacher"} <= set(final)
 
 
+def test_intermediate_evaluations_of_a_fixed_teacher_score_the_student(smoke_config, tmp_path):
+    # ema_keep_rate 1: the teacher stays the burn-in model (its score is the burn-in's last evaluation),
+    # so the evaluations in between score the student, the model that learns; the last one scores both
+    cfg = train_config("smoke", data_root=smoke_config.data_root, iterations=6, burn_in=2, eval_every=2,
+                       checkpoint_every=100, log_every=2, threads=1, ema_keep_rate=1.0)
+    Trainer(cfg, out_dir=tmp_path, progress=False).run()
+    evals = {r["iteration"]: set(r) & {"student", "teacher"} for r in read_metrics(tmp_path) if r["kind"] == "eval"}
+    assert evals == {2: {"student"}, 4: {"student"}, 6: {"student", "teacher"}}
+
+
 def test_resuming_with_a_configuration_that_computes_something_else_lists_the_differing_fields(smoke_config,
                                                                                             tmp_path):
     from ssodlib.io import InputError

@@ -86,3 +86,43 @@ def test_error_breakdown_sorts_boxes_into_true_positives_duplicates_wrong_class_
     assert out["boxes_per_image"] == 5 and out["gt_per_image"] == 2 and out["recall"] == pytest.approx(0.5)
     empty = error_breakdown([im], score_thresh=0.95)
     assert empty["boxes_per_image"] == 0 and empty["recall"] == 0 and empty["true_positive"] == 0
+
+
+class _FixedDetector:
+    """Returns the same side-head detections for every image (class probabilities with their quality v)."""
+
+    def __init__(self, boxes, p, v):
+        from ssodlib.models.detectors.base import Detections
+
+        n = len(p)
+        probs = torch.zeros(n, 3)
+        probs[:, 1] = torch.tensor(p)
+        probs[:, 0] = 1 - probs[:, 1]
+        self.det = Detections(boxes=torch.tensor(boxes), scores=torch.tensor(p) * torch.tensor(v),
+                              labels=torch.zeros(n, dtype=torch.int64), class_probs=probs, quality=torch.tensor(v))
+
+    def predict(self, images):
+        return [self.det for _ in images]
+
+
+def test_quality_summary_golden():
+    from ssodlib.experiments.inspection import quality_summary
+
+    # identical 40 x 40 images seen at scale 40 (the identity view), ground truth (0,0,10,10), (20,20,30,30).
+    # detections (p, v, best IoU): (0.9, 0.8, 1.0), (0.8, 0.5, 0.5), (0.85, 0.9, 0.6), (0.3, 0.2, 0.0)
+    gt = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]), "labels": torch.tensor([0, 0])}
+    dataset = [(torch.zeros(3, 40, 40, dtype=torch.uint8), gt)] * 2
+    detector = _FixedDetector([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 25.0], [0.0, 0.0, 10.0, 6.0],
+                               [30.0, 0.0, 38.0, 8.0]], p=[0.9, 0.8, 0.85, 0.3], v=[0.8, 0.5, 0.9, 0.2])
+    out = quality_summary(detector, dataset, [0], test_scale=40, max_size=40)
+    # p >= 0.5: the first three, 3 per image; v 0.8, 0.5, 0.9: mean 0.7333, quartiles (linear) 0.65, 0.8, 0.85
+    assert out["detections_p>=0.5_per_image"] == 3
+    assert out["mean_v"] == pytest.approx(0.733333, abs=1e-5)
+    assert [out["v_q25"], out["v_median"], out["v_q75"]] == pytest.approx([0.65, 0.8, 0.85], abs=1e-5)
+    # ranks over those three: IoU (1.0, 0.5, 0.6) -> 2, 0, 1; v -> 1, 0, 2 (correlation 0.5); p -> 2, 0, 1 (1.0)
+    assert out["rank_corr_v_iou"] == pytest.approx(0.5) and out["rank_corr_p_iou"] == pytest.approx(1.0)
+    # p * v = 0.72, 0.40, 0.765, 0.06: two pass 0.5, 0.6 and 0.7, while p alone passes three at each
+    for t in ("0.5", "0.6", "0.7"):
+        assert out[f"p>={t}_per_image"] == 3 and out[f"pv>={t}_per_image"] == 2
+    both = quality_summary(detector, dataset, [0, 1], test_scale=40, max_size=40)  # counts are per image
+    assert both["detections_p>=0.5_per_image"] == 3 and both["pv>=0.7_per_image"] == 2

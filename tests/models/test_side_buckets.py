@@ -94,6 +94,34 @@ def test_quality_averages_probabilities_not_logits():
     assert ((v >= 1 / 30) & (v <= 1)).all()
 
 
+# a side's probabilities split over neighbouring bins (K = 4; logits are log-probabilities)
+SPLIT = torch.tensor([[[0.1, 0.45, 0.35, 0.1],    # top bin 1, second bin 2: adjacent -> 0.45 + 0.35 = 0.8
+                       [0.5, 0.1, 0.3, 0.1],      # top bin 0, second bin 2: not adjacent -> 0.5
+                       [0.05, 0.05, 0.2, 0.7],    # top bin 3, second bin 2: adjacent -> 0.9
+                       [0.4, 0.3, 0.2, 0.1]]]).log()  # top bin 0, second bin 1: adjacent -> 0.7
+
+
+def test_neighbor_rescoring_adds_an_adjacent_second_bin():
+    # without: (0.45 + 0.5 + 0.7 + 0.4) / 4 = 0.5125; with: (0.8 + 0.5 + 0.9 + 0.7) / 4 = 0.725
+    assert side_quality(SPLIT).item() == pytest.approx(0.5125, abs=1e-6)
+    assert side_quality(SPLIT, neighbor_rescoring=True).item() == pytest.approx(0.725, abs=1e-6)
+    # decoding reads the same top bins either way; only v changes
+    props, offsets = torch.tensor([[10.0, 10.0, 40.0, 40.0]]), torch.zeros(1, 4, 4)
+    boxes, v = decode_sides(props, SPLIT, offsets)
+    rescored_boxes, rescored_v = decode_sides(props, SPLIT, offsets, neighbor_rescoring=True)
+    assert torch.equal(boxes, rescored_boxes) and rescored_v.item() == pytest.approx(0.725, abs=1e-6)
+
+
+def test_sigmoid_quality_is_the_top_sigmoid_and_rescoring_is_capped_at_one():
+    # sigmoid of the top logits 2, 0, 1, 3: 0.880797, 0.5, 0.731059, 0.952574 -> v = 0.766108
+    assert side_quality(LOGITS, bin_loss="sigmoid").item() == pytest.approx(0.766108, abs=1e-6)
+    # side 1 (logits 0, 0, -4, -4): two adjacent bins at 0.5 each -> 1.0; side 0: 0.880797 + 0.268941 -> capped 1.0
+    rescored = side_quality(LOGITS[:, :2], bin_loss="sigmoid", neighbor_rescoring=True)
+    assert rescored.item() == pytest.approx(1.0, abs=1e-6)
+    with pytest.raises(ValueError, match="bin loss"):
+        side_quality(LOGITS, bin_loss="hinge")
+
+
 def test_encode_then_decode_gives_the_targets_back():
     torch.manual_seed(0)
     xy = torch.rand(200, 2) * 300
@@ -147,6 +175,31 @@ def test_bin_loss_is_not_the_degenerate_positive_only_sigmoid():
     assert base.item() != pytest.approx(printed.item(), abs=1e-3)
 
 
+def test_sigmoid_bin_loss_golden_has_the_negative_terms():
+    # one-hot BCE summed over bins, softplus(-t) at the true bin and softplus(t) elsewhere:
+    #   side 0 (true 0; 2, -1, -3, -3): 0.126928 + 0.313262 + 2 * 0.048587 = 0.537364
+    #   side 1 (true 0; 0, 0, -4, -4): 2 * 0.693147 + 2 * 0.018150 = 1.422594
+    #   side 2 (true 1; -2, 1, -2, -5): 0.126928 + 0.313262 + 0.126928 + 0.006715 = 0.573833
+    #   side 3 (true 0; 3, -3, -3, -3): 4 * 0.048587 = 0.194348 -> sum 2.728139
+    zero = torch.zeros(1, 4, 4)
+    loss_bins, _ = side_losses(LOGITS, zero, TRUE_BINS, torch.zeros(1, 4), bin_loss="sigmoid")
+    assert loss_bins.item() == pytest.approx(2.728139, abs=1e-5)
+    # unlike Eq. 3's positive-only sigmoid, raising every logit is penalised
+    shifted, _ = side_losses(LOGITS + 10, zero, TRUE_BINS, torch.zeros(1, 4), bin_loss="sigmoid")
+    assert shifted.item() > loss_bins.item() + 50
+
+
+def test_sigmoid_predictor_starts_at_the_prior_one_over_k():
+    # bias -log(K - 1): sigmoid = 1 / K for every bin, so the first BCE is ~ -log(1/K) - (K-1) log(1 - 1/K)
+    pred = SideBucketPredictor(in_channels=8, num_classes=4, num_bins=30, bin_loss="sigmoid")
+    assert torch.allclose(torch.sigmoid(pred.bin_logits.bias), torch.full((120,), 1 / 30))
+    torch.manual_seed(0)
+    default = SideBucketPredictor(in_channels=8, num_classes=4, num_bins=30)
+    torch.manual_seed(0)
+    same = SideBucketPredictor(in_channels=8, num_classes=4, num_bins=30, bin_loss="softmax")
+    assert torch.equal(default.bin_logits.bias, same.bin_logits.bias)  # the default keeps Linear's init
+
+
 def test_side_losses_of_no_rois_are_zero():
     loss_bins, loss_offsets = side_losses(torch.zeros(0, 4, 5), torch.zeros(0, 4, 5),
                                           torch.zeros(0, 4, dtype=torch.int64), torch.zeros(0, 4))
@@ -176,6 +229,7 @@ def _model(seed: int = 0, **kw) -> FasterRCNN:
 @pytest.mark.parametrize("bad, match", [(dict(box_head="sides"), "box_head"), (dict(side_bins=1), "side_bins"),
                                         (dict(side_segment_scale=0.0), "side_segment_scale"),
                                         (dict(side_score="max"), "side_score"),
+                                        (dict(side_bin_loss="hinge"), "side_bin_loss"),
                                         (dict(box_loss="giou", **SIDE), "box_loss")])
 def test_options_check_rejects_bad_side_head_values(bad, match):
     with pytest.raises(InputError, match=match):
@@ -249,6 +303,26 @@ def test_side_head_postprocess_golden(side_score, expected):
     assert torch.allclose(det.quality, torch.tensor([0.55, 0.55]), atol=1e-6)
     assert torch.allclose(det.class_probs, torch.tensor([[0.1, 0.7, 0.2]] * 2), atol=1e-6)  # p without v
     assert torch.equal(det.candidate_scores, det.scores)
+
+
+def test_side_head_options_reach_loss_and_quality():
+    # the K = 4 case of test_side_head_roi_loss_hand_values with zero outputs under the sigmoid loss:
+    # every bin's BCE is log 2, so 4 bins x 4 sides x log 2 for the positive RoI, offsets as there
+    m = _model(num_classes=1, **SIDE, side_bins=4, side_bin_loss="sigmoid")
+    rois = RoIOutput(torch.tensor([[0.0, 1.0], [2.0, 0.0]]), torch.zeros(2, 32), torch.zeros(2, 4), [2])
+    samples = RoISamples([torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])], [torch.tensor([1, 0])],
+                         [torch.tensor([[1.0, 0.0, 11.0, 10.0], [0.0, 0.0, 10.0, 10.0]])], [torch.tensor([0, -1])])
+    expected = (16 * math.log(2) + 2 * 0.045 + 2 * (0.5 - 1 / 18)) / 2
+    assert m.roi_loss(rois, samples)["loss_box"].item() == pytest.approx(expected, rel=1e-5)
+    # neighbor rescoring reaches the detections' quality (and the p * v scores)
+    rescoring = _model(num_classes=2, **SIDE, side_bins=4, side_neighbor_rescoring=True)
+    rois = RoIOutput(torch.tensor([[0.1, 0.7, 0.2]]).log(), torch.stack([SPLIT, torch.zeros(1, 4, 4)], 1).reshape(1, -1),
+                     torch.zeros(1, 4), [1])
+    det = rescoring.postprocess(rois, [torch.tensor([[10.0, 10.0, 40.0, 40.0]])],
+                                ImageBatch(torch.zeros(1, 3, 64, 64), [(64, 64)]))[0]
+    assert torch.allclose(det.quality, torch.tensor([0.725, 0.725]), atol=1e-6)
+    assert torch.allclose(det.scores, torch.tensor([0.7 * 0.725, 0.2 * 0.725]), atol=1e-5)
+    assert rescoring.localization_quality(SPLIT).item() == pytest.approx(0.725, abs=1e-6)
 
 
 def test_side_head_losses_under_bf16_autocast():

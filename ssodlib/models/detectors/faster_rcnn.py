@@ -24,7 +24,7 @@ probabilities give each detection a localisation quality ``v``).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,8 @@ from ssodlib.models.detectors.base import Detections, ImageBatch, normalise_and_
 from ssodlib.models.losses import box_regression_loss, softmax_focal_loss
 from ssodlib.models.nms import nms_clusters
 from ssodlib.models.roi_align import MultiScaleRoIAlign, roi_align
-from ssodlib.models.side_buckets import SideBucketPredictor, decode_sides, encode_sides, side_losses, split_side_outputs
+from ssodlib.models.side_buckets import (BIN_LOSSES, SideBucketPredictor, decode_sides, encode_sides, side_losses,
+                                        side_quality, split_side_outputs)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +83,11 @@ class FasterRCNNOptions:
     # side head: the detection score is p * v ("product", the paper's certainty-aware score, as SABL's
     # NMS score) or p ("cls"); it is what the score threshold, NMS and ``Detections.scores`` see
     side_score: str = "product"
+    # side head: "softmax" cross-entropy over a side's bins (v: top softmax probability) or "sigmoid"
+    # one-hot binary cross-entropy (SABL's; v: top sigmoid probability); see models.side_buckets
+    side_bin_loss: str = "softmax"
+    # side head: a side's v also counts the second bin's probability when it neighbours the top one (SABL)
+    side_neighbor_rescoring: bool = False
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     size_divisible: int = 32
@@ -115,7 +121,7 @@ FASTER_RCNN_RULES = {
     "roi_sampling_ratio": Rule(low=0), "score_thresh": _FRACTION, "nms_thresh": _FRACTION,
     "detections_per_img": Rule(low=1), "focal_gamma": Rule(low=0), "size_divisible": Rule(low=1),
     "box_head": Rule(choices=BOX_HEADS), "side_bins": Rule(low=2), "side_segment_scale": Rule(low=0, open_low=True),
-    "side_score": Rule(choices=("product", "cls")),
+    "side_score": Rule(choices=("product", "cls")), "side_bin_loss": Rule(choices=BIN_LOSSES),
 }
 
 
@@ -207,7 +213,7 @@ class FasterRCNN(nn.Module):
         self.box_head = TwoMLPHead(c.fpn_channels * 49, c.representation_size)
         if c.box_head == "side_classification":
             self.box_predictor = SideBucketPredictor(in_channels=c.representation_size, num_classes=c.num_classes + 1,
-                                                     num_bins=c.side_bins)
+                                                     num_bins=c.side_bins, bin_loss=c.side_bin_loss)
         else:
             self.box_predictor = FastRCNNPredictor(c.representation_size, c.num_classes + 1)
         self.rpn_coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
@@ -380,7 +386,7 @@ class FasterRCNN(nn.Module):
         logits, offsets = self.side_outputs(rois)
         props, gt = torch.cat(samples.proposals)[pos], torch.cat(samples.matched_boxes)[pos]
         bins, target = encode_sides(props, gt, num_bins=c.side_bins, segment_scale=c.side_segment_scale)
-        loss_bins, loss_offsets = side_losses(logits[pos], offsets[pos], bins, target)
+        loss_bins, loss_offsets = side_losses(logits[pos], offsets[pos], bins, target, bin_loss=c.side_bin_loss)
         return loss_bins + loss_offsets
 
     def side_outputs(self, rois: RoIOutput) -> tuple[Tensor, Tensor]:
@@ -388,6 +394,17 @@ class FasterRCNN(nn.Module):
         if self.config.box_head != "side_classification":
             raise ValueError(f"side_outputs needs box_head='side_classification', not {self.config.box_head!r}")
         return split_side_outputs(rois.box_deltas, num_bins=self.config.side_bins)
+
+    def side_quality_options(self) -> dict[str, Any]:
+        """The side head's keyword arguments of :func:`~ssodlib.models.side_buckets.decode_sides`."""
+        c = self.config
+        return {"segment_scale": c.side_segment_scale, "bin_loss": c.side_bin_loss,
+                "neighbor_rescoring": c.side_neighbor_rescoring}
+
+    def localization_quality(self, bin_logits: Tensor) -> Tensor:
+        """``(N,)`` localisation quality ``v`` of ``(N, 4, K)`` bin logits, as this detector scores them."""
+        c = self.config
+        return side_quality(bin_logits, bin_loss=c.side_bin_loss, neighbor_rescoring=c.side_neighbor_rescoring)
 
     def decode_boxes_and_quality(self, rois: RoIOutput, proposals: Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
         """Boxes ``(R, C + 1, 4)`` of every RoI in float32 whatever the autocast dtype, and the side head's
@@ -397,8 +414,7 @@ class FasterRCNN(nn.Module):
         if self.config.box_head != "side_classification":
             return self.roi_coder.decode(rois.box_deltas.detach().float(), [props]).reshape(len(props), -1, 4), None
         logits, offsets = self.side_outputs(rois)
-        boxes, quality = decode_sides(props, logits.detach(), offsets.detach(),
-                                      segment_scale=self.config.side_segment_scale)
+        boxes, quality = decode_sides(props, logits.detach(), offsets.detach(), **self.side_quality_options())
         n = len(props)
         return boxes[:, None, :].expand(n, self.num_classes + 1, 4).contiguous(), quality
 
