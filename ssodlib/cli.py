@@ -148,24 +148,30 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 def _box_errors(model, config, files, *, score_thresh: float, num_images: int) -> dict[str, float | str]:
     """The breakdown on unlabeled training images, or on validation images for a run without them
     (``images_from`` says which, with the annotation file)."""
-    from ssodlib.experiments.inspection import detect_images, error_breakdown, inspection_images, spread_indices
+    from ssodlib.experiments.inspection import detect_images, error_breakdown
 
-    dataset, ann_file = inspection_images(files, unlabeled=True)
-    images = detect_images(model, dataset, spread_indices(len(dataset), num_images), test_scale=config.test_scale,
-                           max_size=config.max_size)
-    kind = "unlabeled images" if ann_file == files.unlabeled_ann else "validation images"
-    return {"images_from": f"{kind} ({ann_file})", **error_breakdown(images, score_thresh=score_thresh)}
+    dataset, indices, source = _inspection_sample(files, num_images)
+    images = detect_images(model, dataset, indices, test_scale=config.test_scale, max_size=config.max_size)
+    return {"images_from": source, **error_breakdown(images, score_thresh=score_thresh)}
 
 
 def _quality(model, config, files, *, num_images: int) -> dict[str, float | str]:
     """The side head's quality v against the pseudo-label thresholds, on unlabeled training images."""
-    from ssodlib.experiments.inspection import inspection_images, quality_summary, spread_indices
+    from ssodlib.experiments.inspection import quality_summary
+
+    dataset, indices, source = _inspection_sample(files, num_images)
+    summary = quality_summary(model, dataset, indices, test_scale=config.test_scale, max_size=config.max_size)
+    return {"images_from": source, **summary}
+
+
+def _inspection_sample(files, num_images: int):
+    """``num_images`` unlabeled training images spread evenly (validation images for a run without
+    them): the data set, the indices and which images they are, with the annotation file."""
+    from ssodlib.experiments.inspection import inspection_images, spread_indices
 
     dataset, ann_file = inspection_images(files, unlabeled=True)
-    summary = quality_summary(model, dataset, spread_indices(len(dataset), num_images), test_scale=config.test_scale,
-                              max_size=config.max_size)
     kind = "unlabeled images" if ann_file == files.unlabeled_ann else "validation images"
-    return {"images_from": f"{kind} ({ann_file})", **summary}
+    return dataset, spread_indices(len(dataset), num_images), f"{kind} ({ann_file})"
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:

@@ -47,7 +47,9 @@ def load_run_detector(checkpoint: str | os.PathLike, *, model: str = "teacher") 
 class ImageDetections:
     """One image (``(3, H, W)`` uint8), its ground truth and the detector's output, all in its pixels:
     kept ``boxes`` ``(K, 4)`` / ``scores`` / ``labels``, pre-NMS ``candidate_*`` ``(Q, ...)`` and
-    ``cluster`` ``(Q,)`` (the kept box that suppressed each candidate, -1 for none)."""
+    ``cluster`` ``(Q,)`` (the kept box that suppressed each candidate, -1 for none); ``label_probs``
+    ``(K,)`` each kept box's class probability ``p`` and, from a side-classification head, ``quality``
+    ``(K,)`` its localisation quality ``v`` (else ``None``)."""
 
     image: Tensor
     gt_boxes: Tensor
@@ -59,6 +61,8 @@ class ImageDetections:
     candidate_scores: Tensor
     candidate_labels: Tensor
     cluster: Tensor
+    label_probs: Tensor | None = None
+    quality: Tensor | None = None
 
 
 @torch.no_grad()
@@ -78,7 +82,9 @@ def detect_images(detector: torch.nn.Module, dataset: CocoDetection, indices: Se
             boxes=transform_boxes(det.boxes.float().cpu(), inv), scores=det.scores.float().cpu(),
             labels=det.labels.cpu(), candidate_boxes=transform_boxes(det.candidate_boxes.float().cpu(), inv),
             candidate_scores=det.candidate_scores.float().cpu(), candidate_labels=det.candidate_labels.cpu(),
-            cluster=det.cluster.cpu()))
+            cluster=det.cluster.cpu(),
+            label_probs=det.class_probs[torch.arange(len(det.labels)), det.labels + 1].float().cpu(),
+            quality=None if det.quality is None else det.quality.float().cpu()))
     return out
 
 
@@ -184,23 +190,15 @@ def quality_summary(detector: torch.nn.Module, dataset: CocoDetection, indices: 
     of the image (any class). Returns, over the detections with ``p >= confident``: their count per image,
     the mean and quartiles of ``v``, and the Spearman rank correlations of ``v`` and of ``p`` with IoU;
     and for each threshold ``t`` the detections per image with ``p >= t`` and with ``p * v >= t``."""
-    view = WeakViewConfig(scales=(test_scale,), max_size=max_size, flip_prob=0.0)
-    g = torch.Generator()
-    p, v, iou = [], [], []
-    for i in indices:
-        image, target = dataset[i]
-        seen, matrix = weak_view(image, view, g)
-        det = detector.predict([seen])[0]
-        if det.quality is None:
-            raise InputError("quality_summary needs a detector with a localisation quality (Faster R-CNN's "
-                             "box_head='side_classification'). Fix: pass such a run's checkpoint.")
-        boxes = transform_boxes(det.boxes.float().cpu(), torch.linalg.inv(matrix))
-        gt = target["boxes"].float()
-        p.append(det.class_probs[torch.arange(len(det.labels)), det.labels + 1].float().cpu())
-        v.append(det.quality.float().cpu())
-        iou.append(box_iou(boxes, gt).amax(dim=1) if len(gt) and len(boxes) else torch.zeros(len(boxes)))
-    return _quality_stats(torch.cat(p), torch.cat(v), torch.cat(iou), num_images=max(len(indices), 1),
-                          thresholds=thresholds, confident=confident)
+    images = detect_images(detector, dataset, indices, test_scale=test_scale, max_size=max_size)
+    if any(im.quality is None for im in images):
+        raise InputError("quality_summary needs a detector with a localisation quality (Faster R-CNN's "
+                         "box_head='side_classification'). Fix: pass such a run's checkpoint.")
+    iou = [box_iou(im.boxes, im.gt_boxes.float()).amax(dim=1) if len(im.gt_boxes) and len(im.boxes)
+           else torch.zeros(len(im.boxes)) for im in images]
+    return _quality_stats(torch.cat([im.label_probs for im in images]), torch.cat([im.quality for im in images]),
+                          torch.cat(iou), num_images=max(len(indices), 1), thresholds=thresholds,
+                          confident=confident)
 
 
 def _quality_stats(p: Tensor, v: Tensor, iou: Tensor, *, num_images: int, thresholds: Sequence[float],

@@ -98,10 +98,12 @@ class _FixedDetector:
         probs = torch.zeros(n, 3)
         probs[:, 1] = torch.tensor(p)
         probs[:, 0] = 1 - probs[:, 1]
-        self.det = Detections(boxes=torch.tensor(boxes), scores=torch.tensor(p) * torch.tensor(v),
-                              labels=torch.zeros(n, dtype=torch.int64), class_probs=probs, quality=torch.tensor(v))
+        boxes, scores, labels = torch.tensor(boxes), torch.tensor(p) * torch.tensor(v), torch.zeros(n, dtype=torch.int64)
+        self.det = Detections(boxes=boxes, scores=scores, labels=labels, class_probs=probs, quality=torch.tensor(v),
+                              candidate_boxes=boxes, candidate_scores=scores, candidate_labels=labels,
+                              cluster=torch.arange(n))
 
-    def predict(self, images):
+    def predict(self, images, *, with_candidates=False):
         return [self.det for _ in images]
 
 

@@ -395,16 +395,14 @@ class FasterRCNN(nn.Module):
             raise ValueError(f"side_outputs needs box_head='side_classification', not {self.config.box_head!r}")
         return split_side_outputs(rois.box_deltas, num_bins=self.config.side_bins)
 
-    def side_quality_options(self) -> dict[str, Any]:
-        """The side head's keyword arguments of :func:`~ssodlib.models.side_buckets.decode_sides`."""
-        c = self.config
-        return {"segment_scale": c.side_segment_scale, "bin_loss": c.side_bin_loss,
-                "neighbor_rescoring": c.side_neighbor_rescoring}
+    def _quality_options(self) -> dict[str, Any]:
+        """How the side head scores ``v``: the keyword arguments of
+        :func:`~ssodlib.models.side_buckets.side_quality` (and of ``decode_sides``)."""
+        return {"bin_loss": self.config.side_bin_loss, "neighbor_rescoring": self.config.side_neighbor_rescoring}
 
     def localization_quality(self, bin_logits: Tensor) -> Tensor:
         """``(N,)`` localisation quality ``v`` of ``(N, 4, K)`` bin logits, as this detector scores them."""
-        c = self.config
-        return side_quality(bin_logits, bin_loss=c.side_bin_loss, neighbor_rescoring=c.side_neighbor_rescoring)
+        return side_quality(bin_logits, **self._quality_options())
 
     def decode_boxes_and_quality(self, rois: RoIOutput, proposals: Sequence[Tensor]) -> tuple[Tensor, Tensor | None]:
         """Boxes ``(R, C + 1, 4)`` of every RoI in float32 whatever the autocast dtype, and the side head's
@@ -414,7 +412,8 @@ class FasterRCNN(nn.Module):
         if self.config.box_head != "side_classification":
             return self.roi_coder.decode(rois.box_deltas.detach().float(), [props]).reshape(len(props), -1, 4), None
         logits, offsets = self.side_outputs(rois)
-        boxes, quality = decode_sides(props, logits.detach(), offsets.detach(), **self.side_quality_options())
+        boxes, quality = decode_sides(props, logits.detach(), offsets.detach(),
+                                      segment_scale=self.config.side_segment_scale, **self._quality_options())
         n = len(props)
         return boxes[:, None, :].expand(n, self.num_classes + 1, 4).contiguous(), quality
 
