@@ -21,6 +21,8 @@ A declaration (one item; rows x columns x folds x seeds is the set of runs)::
                                         # method_options.ensemble_teachers; the runs wait for the snapshots)
             ensemble_with_from: []    # rows whose finished students are ensembled with this row's at the
                                       # final evaluation (fills ensemble_with; the runs wait for their records)
+            seed_offset: 0            # added to the seed the row resolves to (declared, --seeds or preset), so
+                                      # an ensemble's second teacher differs at every seed
             model: null               # the model this row is scored by (e.g. ensemble; default: the item's)
         columns:
           - name: "5%"
@@ -38,9 +40,10 @@ variants stays one run). A column may name its own ``metric`` (a table whose col
 classes, see ``metric_value`` in report/experiments.py).
 
 Ensembles (Rethinking PL's Table 3): a row's ``ensemble_teachers_from`` / ``ensemble_with_from`` rows
-resolve at the same column, fold and seed resolution (a row's own ``set: {seed: N}`` stays at scales
-that declare no seeds; rows of one ensemble that resolve to one run, or name each other in a circle,
-are errors). :func:`plan` orders every run after the runs it starts from or waits for.
+resolve at the same column, fold and seed resolution. A row's ``seed_offset`` makes its runs differ
+from their neighbours' at every seed (a row's ``set: {seed: N}`` would be overridden by declared or
+requested seeds); rows of one ensemble that resolve to one run, or name each other in a circle, are
+errors. :func:`plan` orders every run after the runs it starts from or waits for.
 
 Keys outside this schema are errors (a misspelt key would otherwise be ignored and change the runs
 silently); top-level keys starting with ``x-`` are free, for YAML anchors. Folds count from 1.
@@ -75,7 +78,7 @@ KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"strong_augment": ("color", "blur", "cut
 FILE_KEYS = (frozenset({"items"}), frozenset({"paper", "title"}))
 ITEM_KEYS = (frozenset({"id", "rows", "columns", "scales"}), frozenset({"kind", "title", "metric", "model", "plots"}))
 ROW_KEYS = (frozenset({"name", "method"}), frozenset({"set", "burn_in_from", "reference", "ensemble_teachers_from",
-                                                     "ensemble_with_from", "model"}))
+                                                     "ensemble_with_from", "model", "seed_offset"}))
 REFERENCE_KEYS = (frozenset({"paper", "item", "row"}), frozenset({"columns"}))
 COLUMN_KEYS = (frozenset({"name"}), frozenset({"set", "metric"}))
 SCALE_KEYS = (frozenset(), frozenset({"columns", "folds", "seeds", "set", "method_options"}))
@@ -371,8 +374,8 @@ class _Cell:
         own = [k for k in (*teachers, *students) if k == run_key(config)] + [k for k in twin if k in teachers]
         if own or len(set(teachers)) < len(teachers) or len(set(students)) < len(students):
             raise InputError(f"{where}: its ensemble names the same run twice (or itself): rows of one ensemble "
-                             "resolve to one run key. Fix: make the rows differ (e.g. set: {seed: 1}; declared "
-                             "seeds of the scale override a row's seed).")
+                             "resolve to one run key. Fix: make the rows differ (e.g. seed_offset: 1 on the second "
+                             "teacher's rows; a row's set: {seed: N} is overridden by declared or requested seeds).")
         self.configs[row_name] = config
         return config
 
@@ -406,8 +409,14 @@ def _config(scale: str, row: dict[str, Any], col: dict[str, Any], at_scale: dict
     if options:  # an option set to its default is left out, so that the run's key does not depend on it
         defaults = _option_defaults(row["method"])
         values["method_options"] = {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
+    offset = row.get("seed_offset", 0)
+    if type(offset) is not int or offset < 0:
+        raise InputError(f"{where}: row {row['name']!r}: seed_offset {offset!r} is not a non-negative int. "
+                         "Fix: e.g. seed_offset: 100.")
     try:
-        return train_config(scale, **values)
+        config = train_config(scale, **values)
+        # the offset applies to whichever seed won (declared, requested, the row's or the preset's)
+        return train_config(scale, **{**values, "seed": config.seed + offset}) if offset else config
     except (InputError, TypeError) as e:
         raise InputError(f"{where}: row {row['name']!r}, column {col['name']!r}: {e}") from e
 

@@ -253,7 +253,7 @@ def test_a_misspelt_row_key_names_the_file_the_item_and_the_allowed_keys(papers)
     assert message.startswith(f"{path}: malformed item 't1', row 'Sup': unknown key(s) ['methd']")
     assert "did you mean 'method'?" in message
     assert ("Fix: use only ['burn_in_from', 'ensemble_teachers_from', 'ensemble_with_from', 'method', 'model', "
-            "'name', 'reference', 'set']") in message
+            "'name', 'reference', 'seed_offset', 'set']") in message
 
 
 def test_a_misspelt_optional_row_key_is_an_error_not_a_row_without_it(papers):

@@ -112,8 +112,31 @@ def test_an_unknown_or_malformed_ensemble_row_name_is_an_input_error(papers, key
 
 def test_rows_of_one_ensemble_that_resolve_to_one_run_are_an_input_error(papers):
     # the mini scale declares seeds: TA and TB become one run, so SA would be its own extra teacher's twin
-    with pytest.raises(InputError, match="names the same run twice.*declared seeds of the scale override"):
+    with pytest.raises(InputError, match="names the same run twice.*seed_offset: 1 .*overridden by declared"):
         plan("ens", "t3", "mini")
+
+
+def test_a_seed_offset_keeps_the_second_teacher_apart_at_declared_and_requested_seeds(papers):
+    # TB and SB shift the seed the cell resolves to by 100: seed s gives TA/SA seed s and TB/SB seed s + 100
+    _declare(papers, ENSEMBLE.replace("{name: TB, method: supervised, set: {seed: 1}}",
+                                      "{name: TB, method: supervised, seed_offset: 100}")
+             .replace("model: ensemble, set: {seed: 1, ", "model: ensemble, seed_offset: 100, set: {"))
+    for specs in (plan("ens", "t3", "mini"), plan("ens", "t3", "smoke", seeds=[3]), plan("ens", "t3", "smoke")):
+        seeds = {s.row: s.config.seed for s in specs}
+        base = seeds["TA"]
+        assert seeds == {"TA": base, "SA": base, "TB": base + 100, "SB": base + 100}
+        cells = _cells(specs)
+        fold = specs[0].fold
+        assert cells["SA", fold].ensemble_teachers == (cells["TB", fold].key,) != (cells["TA", fold].key,)
+    assert {s.config.seed for s in plan("ens", "t3", "smoke", seeds=[3])} == {3, 103}
+
+
+@pytest.mark.parametrize("offset", ["-1", "1.5", "one"])
+def test_a_malformed_seed_offset_is_an_input_error(papers, offset):
+    path = _declare(papers, ENSEMBLE.replace("{name: TB, method: supervised, set: {seed: 1}}",
+                                             f"{{name: TB, method: supervised, seed_offset: {offset}}}"))
+    with pytest.raises(InputError, match=rf"{path} \(t3\): row 'TB': seed_offset .* not a non-negative int"):
+        plan("ens", "t3", "smoke")
 
 
 def test_a_cycle_of_ensemble_rows_is_an_input_error(papers):
@@ -196,5 +219,5 @@ def test_table3_of_rethinking_pseudo_labels_plans_and_its_published_numbers_reso
         # the single model is Table 5's run; the ensemble row waits for student A and both teachers
         assert single.key in {s.key for s in plan("rethinking_pseudo_labels", "table5", scale)}
         assert ensemble.ensemble_with == (cells["Student A (teachers A + B)"].key,)
-        needed = ("Supervised (side head)", "Supervised (side head, seed 1)", "Student A (teachers A + B)")
+        needed = ("Supervised (side head)", "Supervised (side head, teacher B)", "Student A (teachers A + B)")
         assert set(ensemble.sources) == {cells[r].key for r in needed}
