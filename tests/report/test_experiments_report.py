@@ -141,6 +141,19 @@ def test_versus_published_maps_columns_and_takes_the_delta(setup):
     assert math.isnan(missing["reproduced"]) and math.isnan(missing["delta"])
 
 
+def test_a_row_with_one_reference_per_column_gives_each_column_only_its_own(setup):
+    # Rethinking PL's Table 4: one published row for the overall column, another for the rare classes;
+    # a reference naming the column wins, so each (row, column) has one published line, not two
+    items, store, _ = setup
+    item = load_declarations("rep").item("tab")
+    item.rows[0]["reference"] = [{"paper": "pub", "item": "t1", "row": "Supervised", "columns": {"1%": "1%"}},
+                                 {"paper": "pub", "item": "t1", "row": "Teacher", "columns": {"5%": "five percent"}}]
+    frame = versus_published(item, results_frame(item, items["tab"], store))
+    sup = frame[frame["row"] == "Sup"].to_dict("records")
+    assert [(r["column"], r["source"], r["published"]) for r in sup] == [
+        ("1%", "pub t1 'Supervised'", 9.05), ("5%", "pub t1 'Teacher'", 28.27)]
+
+
 def test_render_writes_tables_and_figures_and_lists_missing_runs(setup, tmp_path):
     items, store, specs = setup
     out = tmp_path / "report"
