@@ -21,8 +21,9 @@ A declaration (one item; rows x columns x folds x seeds is the set of runs)::
                                         # method_options.ensemble_teachers; the runs wait for the snapshots)
             ensemble_with_from: []    # rows whose finished students are ensembled with this row's at the
                                       # final evaluation (fills ensemble_with; the runs wait for their records)
-            seed_offset: 0            # added to the seed the row resolves to (declared, --seeds or preset), so
-                                      # an ensemble's second teacher differs at every seed
+            seed_offset: 0            # added to the seed the row resolves to (--set seed=N, declared or
+                                      # --seeds, its own set: {seed}, the preset's), so an ensemble's
+                                      # second teacher differs at every seed
             model: null               # the model this row is scored by (e.g. ensemble; default: the item's)
         columns:
           - name: "5%"
@@ -223,6 +224,10 @@ def _check_declarations(path: Path, data: Any) -> None:
         _check_keys(path, where, item, ITEM_KEYS)
         for row_where, row in _entries(path, where, item["rows"], "row", "name"):
             _check_keys(path, row_where, row, ROW_KEYS)
+            offset = row.get("seed_offset", 0)
+            if type(offset) is not int or offset < 0:
+                raise InputError(f"{path}: malformed {row_where}: seed_offset {offset!r} is not a non-negative "
+                                 "int. Fix: e.g. seed_offset: 1.")
             for ref_where, ref in _entries(path, row_where, row.get("reference") or [], "reference", "paper"):
                 _check_keys(path, ref_where, ref, REFERENCE_KEYS)
         for col_where, col in _entries(path, where, item["columns"], "column", "name"):
@@ -314,7 +319,8 @@ def _item_runs(decl: Declarations, item: Item, scale: str, *, folds: list[int] |
                          f"Fix: choose among {[c['name'] for c in item.columns]}.")
     out = []
     for fold, seed in ((f, s) for f in folds or at_scale.get("folds", [1]) for s in seeds or at_scale.get("seeds", [None])):
-        # declared seeds win over a `set` seed; an explicit --set seed=N wins over both
+        # declared seeds win over a `set` seed; an explicit --set seed=N wins over both (a row's
+        # seed_offset is added to the winner)
         seeded = overrides if seed is None else {"seed": seed, **overrides}
         for col in (c for c in item.columns if c["name"] in names):
             cell = _Cell(decl=decl, item=item, scale=scale, col=col, at_scale=at_scale, fold=fold, overrides=seeded)
@@ -409,13 +415,11 @@ def _config(scale: str, row: dict[str, Any], col: dict[str, Any], at_scale: dict
     if options:  # an option set to its default is left out, so that the run's key does not depend on it
         defaults = _option_defaults(row["method"])
         values["method_options"] = {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
-    offset = row.get("seed_offset", 0)
-    if type(offset) is not int or offset < 0:
-        raise InputError(f"{where}: row {row['name']!r}: seed_offset {offset!r} is not a non-negative int. "
-                         "Fix: e.g. seed_offset: 100.")
+    offset = row.get("seed_offset", 0)  # checked when the declarations load
     try:
         config = train_config(scale, **values)
-        # the offset applies to whichever seed won (declared, requested, the row's or the preset's)
+        # the offset applies to whichever seed won (--set seed=N, declared or requested, the row's own
+        # set: {seed}, the preset's)
         return train_config(scale, **{**values, "seed": config.seed + offset}) if offset else config
     except (InputError, TypeError) as e:
         raise InputError(f"{where}: row {row['name']!r}, column {col['name']!r}: {e}") from e

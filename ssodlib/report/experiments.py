@@ -173,7 +173,7 @@ def versus_published(item: Item, runs: pd.DataFrame) -> pd.DataFrame:
         for col in [c["name"] for c in item.columns if c["name"] in set(runs["column"])]:
             cell = runs[(runs["row"] == row["name"]) & (runs["column"] == col)]
             mean, std, n = _mean_std(cell["value"])
-            for ref in _references_of(row, col):
+            for ref in references_of(row, col):
                 pub = published(ref["paper"], ref["item"], ref["row"], ref.get("columns", {}).get(col, col)) \
                     if ref else None
                 source = f"{ref['paper']} {ref['item']} '{ref['row']}'" if ref else ""
@@ -183,12 +183,14 @@ def versus_published(item: Item, runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["row", "column", "runs", "reproduced", "std", "published", "source", "delta"])
 
 
-def _references_of(row: dict[str, Any], col: str) -> list[dict[str, Any] | None]:
-    """The references of a row that publish column ``col``: those without a ``columns`` map (the column
-    by its own name) and those whose map names it (Rethinking PL's Table 4 has one reference per
-    column); ``[None]`` when none does."""
+def references_of(row: dict[str, Any], col: str) -> list[dict[str, Any] | None]:
+    """The references of a row that publish column ``col`` (``[None]``: none). A reference whose
+    ``columns`` map names the column wins over one whose map names other columns only (Rethinking PL's
+    Table 4: one reference per column); when no map names it, every reference publishes it under its
+    own name (Table 2's paper columns beside a map of its mini columns)."""
     refs = row.get("reference", []) or []
-    return [ref for ref in refs if "columns" not in ref or col in ref["columns"]] or [None]
+    named = any(col in ref.get("columns", {}) for ref in refs)
+    return [ref for ref in refs if not named or "columns" not in ref or col in ref["columns"]] or [None]
 
 
 def pseudo_label_table(specs: list[RunSpec], store: LayeredStore) -> pd.DataFrame:

@@ -135,7 +135,7 @@ def test_a_seed_offset_keeps_the_second_teacher_apart_at_declared_and_requested_
 def test_a_malformed_seed_offset_is_an_input_error(papers, offset):
     path = _declare(papers, ENSEMBLE.replace("{name: TB, method: supervised, set: {seed: 1}}",
                                              f"{{name: TB, method: supervised, seed_offset: {offset}}}"))
-    with pytest.raises(InputError, match=rf"{path} \(t3\): row 'TB': seed_offset .* not a non-negative int"):
+    with pytest.raises(InputError, match=rf"{path}: malformed item 't3', row 'TB': seed_offset .* not a non-negative int"):
         plan("ens", "t3", "smoke")
 
 

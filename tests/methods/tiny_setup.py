@@ -43,14 +43,15 @@ def published_counterparts(paper: str) -> int:
     number, each asserted to resolve to one (the columns of each item's paper scale, else its mini)."""
     from ssodlib.experiments.plan import load_declarations
     from ssodlib.experiments.reference import published
+    from ssodlib.report.experiments import references_of
 
     checked = 0
     for item in load_declarations(paper).items:
         scale = "paper" if "paper" in item.scales else "mini"
         columns = item.scales[scale].get("columns") or [c["name"] for c in item.columns]
         for row in item.rows:
-            for ref in row.get("reference") or []:
-                for column in columns:
+            for column in columns:
+                for ref in (r for r in references_of(row, column) if r):  # the references the report reads
                     value = published(ref["paper"], ref["item"], ref["row"], ref.get("columns", {}).get(column, column))
                     assert isinstance(value, float), (item.id, row["name"], column)
                     checked += 1

@@ -154,6 +154,18 @@ def test_a_row_with_one_reference_per_column_gives_each_column_only_its_own(setu
         ("1%", "pub t1 'Supervised'", 9.05), ("5%", "pub t1 'Teacher'", 28.27)]
 
 
+def test_a_map_of_some_columns_leaves_the_others_published_under_their_own_names(setup):
+    # Rethinking PL's Table 2: the map renames the mini columns; a column it does not name is the
+    # published column of the same name (5% -> Supervised's "5%": 18.47), not left without a value
+    items, store, _ = setup
+    item = load_declarations("rep").item("tab")
+    item.rows[0]["reference"] = [{"paper": "pub", "item": "t1", "row": "Supervised", "columns": {"1%": "1%"}}]
+    frame = versus_published(item, results_frame(item, items["tab"], store))
+    sup = frame[frame["row"] == "Sup"].to_dict("records")
+    assert [(r["column"], r["source"], r["published"]) for r in sup] == [
+        ("1%", "pub t1 'Supervised'", 9.05), ("5%", "pub t1 'Supervised'", 18.47)]
+
+
 def test_render_writes_tables_and_figures_and_lists_missing_runs(setup, tmp_path):
     items, store, specs = setup
     out = tmp_path / "report"
