@@ -48,3 +48,15 @@ def rows_with_role(role: str) -> list[tuple[str, str, str]]:
         for it in data["items"]:
             out += [(data["paper"], it["id"], r["name"]) for r in it.get("rows", []) if r.get("role") == role]
     return out
+
+
+def published_detector(paper: str, item: str, row: str) -> str | None:
+    """The detector family a published row was measured with, where ``reference.yaml`` names one (the
+    row's ``detector``, else its item's); ``None``: a CNN detector (two-stage or one-stage). Semi-DETR's
+    DETR rows carry it so that they are never set beside the Faster R-CNN baselines."""
+    it = reference_item(paper, item)
+    for r in it.get("rows", []):
+        if r["name"] == row:
+            return r.get("detector", it.get("detector"))
+    raise InputError(f"{papers_dir() / paper / 'reference.yaml'}: item {item!r} has no row {row!r}. Fix: use one of "
+                     f"{[r['name'] for r in it.get('rows', [])]}.")

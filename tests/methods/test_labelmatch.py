@@ -2,11 +2,13 @@
 short training runs (diagnostics, exact resume)."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from torchvision.ops import batched_nms
 
+from ssodlib.data.batch import Batch
 from ssodlib.data.coco import CocoDetection
 from ssodlib.engine.checkpoint import load_checkpoint
 from ssodlib.config import train_config
@@ -159,6 +161,13 @@ def _losses(options: dict, *, iteration: int = 5, burn_in: bool = False):
     ctx = StepContext(teacher=teacher, iteration=iteration, burn_in=burn_in, unsup_weight=2.0, stats=stats)
     torch.manual_seed(1)
     return method.losses(student, ctx, tiny_batch(mirrored=True)), stats
+
+
+def _two_unlabeled(batch: Batch) -> Batch:
+    """``batch`` with its unlabeled image twice (the labeled part unchanged)."""
+    twice = {f: getattr(batch, f) * 2 for f in ("weak", "strong", "teacher_to_student", "gt_weak_boxes",
+                                                "gt_weak_labels", "gt_strong_boxes", "gt_strong_labels")}
+    return replace(batch, **twice)
 
 
 # an untrained teacher scores ~1/4 everywhere: thresholds 0.9 / 0 make every detection uncertain
@@ -336,9 +345,17 @@ def test_separate_sampling_fills_the_positive_budget_with_reliable_rois_before_u
     assert int((index == 0).sum()) == 7 and int((index == 1).sum()) == 1 and int((index == -1).sum()) == 1
 
 
-def test_separate_sampling_runs_in_the_method_and_keeps_the_loss_keys():
+def test_separate_sampling_runs_in_the_method_and_keeps_the_loss_keys(monkeypatch):
+    import ssodlib.methods.labelmatch as lm
+
+    calls = []
+    real = lm.sample_separately
+    monkeypatch.setattr(lm, "sample_separately", lambda *a, **k: calls.append(k) or real(*a, **k))
     joint, _ = _losses({**ALL_UNCERTAIN, "mining": False})
+    assert not calls  # the default (joint) assignment does not use it
     separate, stats = _losses({**ALL_UNCERTAIN, "mining": False, "roi_sampling": "separate"})
+    # the option reaches the sampler: once per unlabeled image, with the detector's RoI budget
+    assert len(calls) == 1 and calls[0]["batch_size"] == tiny_detector().config.roi_batch_size
     assert set(separate) == set(joint) and separate["loss_soft_unsup"].item() > 0
     torch.testing.assert_close(separate["loss_cls"], joint["loss_cls"])  # labeled images sample as before
     with pytest.raises(InputError, match="roi_sampling"):
@@ -357,9 +374,18 @@ def test_the_soft_loss_gets_the_image_count_normaliser_and_the_temperature_optio
         return real(*args, **kwargs)
 
     monkeypatch.setattr(lm, "self_assignment_loss", spy)
-    _losses({**ALL_UNCERTAIN, "mining": False, "teacher_temperature": 0.3, "student_temperature": 2.0})
-    # one unlabeled image in the tiny batch x the detector's RoI batch size (the official avg_factor)
-    assert seen["normalizer"] == 1 * tiny_detector().config.roi_batch_size
+    # two unlabeled images and a RoI budget (256) above what they can sample (at most 50 proposals + 1
+    # box each): the official avg_factor, images x budget = 512, differs from the budget alone (256),
+    # from the sampled RoIs (<= 102) and from labeled + unlabeled images x budget (768)
+    student, teacher = tiny_detector(), tiny_detector().eval()
+    student.config = replace(student.config, roi_batch_size=256)
+    method = get_method("labelmatch")(options={**ALL_UNCERTAIN, "mining": False, "teacher_temperature": 0.3,
+                                               "student_temperature": 2.0})
+    ctx = StepContext(teacher=teacher, iteration=5, burn_in=False, unsup_weight=2.0,
+                      stats=PseudoLabelStats(num_classes=3))
+    torch.manual_seed(1)
+    method.losses(student, ctx, _two_unlabeled(tiny_batch(mirrored=True)))
+    assert seen["normalizer"] == 2 * 256
     assert (seen["teacher_temperature"], seen["student_temperature"]) == (0.3, 2.0)
     defaults = get_method("labelmatch")().options
     assert (defaults.teacher_temperature, defaults.student_temperature) == (0.5, 1.0)  # the official tpt / tps
@@ -372,6 +398,8 @@ def test_act_scores_a_subset_of_act_images_drawn_from_the_seed_and_iteration(smo
     drawn = []
     monkeypatch.setattr(lm, "teacher_class_scores", lambda teacher, dataset, indices, *, view:
                         drawn.append(list(indices)) or [torch.rand(5) for _ in range(labeled.num_classes)])
+    sized, real_counts = [], lm.expected_counts
+    monkeypatch.setattr(lm, "expected_counts", lambda *a, **k: sized.append(k) or real_counts(*a, **k))
     for seed in (0, 0, 1):
         method = get_method("labelmatch")(options={"act_images": 7})
         method.setup(labeled=labeled, unlabeled=unlabeled, run=run_info(train_config("smoke", seed=seed)),
@@ -379,6 +407,14 @@ def test_act_scores_a_subset_of_act_images_drawn_from_the_seed_and_iteration(smo
         method.update_thresholds(None, iteration=4)
     assert [len(d) for d in drawn] == [7, 7, 7] and len(unlabeled) > 7
     assert drawn[0] == drawn[1] != drawn[2]  # the same subset for the same seed and iteration
+    # the expected counts are those of the subset scored (7 images), not of every unlabeled image
+    assert [k["num_images"] for k in sized] == [7, 7, 7]
+    # act_images above the unlabeled set's size: every unlabeled image, once
+    method = get_method("labelmatch")(options={"act_images": 10 * len(unlabeled)})
+    method.setup(labeled=labeled, unlabeled=unlabeled, run=run_info(train_config("smoke", seed=0)),
+                 device=torch.device("cpu"))
+    method.update_thresholds(None, iteration=4)
+    assert sorted(drawn[-1]) == list(range(len(unlabeled))) and sized[-1]["num_images"] == len(unlabeled)
     assert get_method("labelmatch")().options.act_images == 10000  # the official manual_length
 
 

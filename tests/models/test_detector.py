@@ -316,6 +316,12 @@ def test_roi_loss_hand_values():
     focal = m.roi_loss(rois, samples)
     assert focal["loss_cls"].item() == pytest.approx(_hand_cls(1.5), rel=1e-6)
     assert focal["loss_cls"].item() < out["loss_cls"].item()
+    # the detector passes its own gamma on (the focal loss's default is also 1.5): gamma 3 weighs
+    # confident RoIs down further
+    m.config = replace(m.config, focal_gamma=3.0)
+    rois, samples = _hand_rois()
+    assert m.roi_loss(rois, samples)["loss_cls"].item() == pytest.approx(_hand_cls(3.0), rel=1e-6)
+    assert _hand_cls(3.0) < _hand_cls(1.5)
 
     m.config = replace(m.config, cls_loss="ce", box_loss="giou")
     rois, samples = _hand_rois()
