@@ -37,11 +37,22 @@ def init_distributed(device_type: str) -> DistInfo:
     if world > 1 and not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
-        backend = "nccl" if device_type == "cuda" else "gloo"
+        backend = dist_backend(device_type)
         if device_type == "cuda":
             torch.cuda.set_device(local_cuda_index(local, torch.cuda.device_count()))
         dist.init_process_group(backend, rank=rank, world_size=world)
     return DistInfo(rank, world, local)
+
+
+def dist_backend(device_type: str) -> str:
+    """NCCL on CUDA, gloo on CPU; ``SSOD_DIST_BACKEND=gloo`` forces gloo on CUDA too (NCCL refuses two
+    ranks on one GPU, so a one-GPU machine checks the multi-rank paths with gloo's CUDA collectives)."""
+    forced = os.environ.get("SSOD_DIST_BACKEND", "").strip().lower()
+    if forced and forced not in ("nccl", "gloo"):
+        raise ValueError(f"SSOD_DIST_BACKEND={forced!r}: choose nccl or gloo (or unset it)")
+    if forced == "nccl" and device_type != "cuda":
+        raise ValueError("SSOD_DIST_BACKEND=nccl needs --device cuda (NCCL has no CPU collectives); unset it")
+    return forced or ("nccl" if device_type == "cuda" else "gloo")
 
 
 def local_cuda_index(local_rank: int, device_count: int) -> int:
