@@ -21,15 +21,49 @@ PSEUDO_LABEL_KEYS = ("pl_per_image", "gt_per_image", "pl_precision", "pl_precisi
                      "pl_reliable_per_image", "pl_uncertain_per_image", "pl_mined_per_image",
                      # CrossMatch's Fig. 4: the soft branch's RoIs and the true positives of each branch
                      "pl_cm_soft_rois_per_image", "pl_cm_soft_only_rois_per_image", "pl_cm_tp_hard_only_per_image",
-                     "pl_cm_tp_both_per_image", "pl_cm_tp_soft_only_per_image")
+                     "pl_cm_tp_both_per_image", "pl_cm_tp_soft_only_per_image",
+                     # DTG-SSOD's INC per stage: clusters, their members and the foreground targets per image
+                     *(f"pl_dtg_{stage}_{what}_per_image" for stage in ("rpn", "rcnn", "gfl")
+                       for what in ("clusters", "members", "fg_targets")))
+# ratios of sums over a run's logs (not means of per-window ratios): ``name: (numerator, denominator)``
+POOLED_KEYS = {
+    # CrossMatch's Fig. 1b: the sampled RoIs' pseudo classes against the withheld labels (IoU 0.5)
+    "roi_tp_per_image": ("roi_tp", "pl_images"), "roi_fp_per_image": ("roi_fp", "pl_images"),
+    "roi_fn_per_image": ("roi_fn", "pl_images"), "roi_precision": ("roi_tp", ("roi_tp", "roi_fp")),
+    **{f"pl_dtg_{stage}_members_per_cluster": (f"pl_dtg_{stage}_members_per_image", f"pl_dtg_{stage}_clusters_per_image")
+       for stage in ("rpn", "rcnn", "gfl")},
+}
 
 
 def pseudo_label_means(records: list[dict[str, Any]]) -> dict[str, float]:
     """The pseudo-label diagnostics of a run's train records averaged over training (keys the run
-    logged; empty when it logged none, e.g. a supervised run)."""
+    logged; empty when it logged none, e.g. a supervised run), then the pooled ratios of
+    ``POOLED_KEYS`` (per-image counts weighted by each log's images)."""
     logs = [r for r in records if r.get("pl_images")]
-    return {k: round(float(np.nanmean([r.get(k, np.nan) for r in logs])), 3) for k in PSEUDO_LABEL_KEYS
-            if any(k in r for r in logs)}
+    out = {k: round(float(np.nanmean([r.get(k, np.nan) for r in logs])), 3) for k in PSEUDO_LABEL_KEYS
+           if any(k in r for r in logs)}
+    for name, (num, den) in POOLED_KEYS.items():
+        value = _pooled(logs, num, den if isinstance(den, tuple) else (den,))
+        if value is not None:
+            out[name] = round(value, 3)
+    return out
+
+
+def _pooled(logs: list[dict[str, Any]], num: str, den: tuple[str, ...]) -> float | None:
+    """``sum(num) / sum(den)`` over the logs that have every key, each key a count or, for a
+    ``*_per_image`` key, a per-image mean weighted back to a count by the log's images."""
+    def count(r: dict[str, Any], k: str) -> float:
+        return float(r[k]) * (r["pl_images"] if k.endswith("_per_image") else 1)
+
+    keys = (num, *den) if num not in den else den
+    usable = [r for r in logs if all(k in r and not _nan(r[k]) for k in keys)]
+    top = sum(count(r, num) for r in usable)
+    bottom = sum(count(r, k) for r in usable for k in den)
+    return top / bottom if usable and bottom > 0 else None
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def run_records(run_dir: str | os.PathLike) -> list[dict[str, Any]]:

@@ -117,3 +117,24 @@ def test_per_class_ap_reads_an_undefined_class_as_nan_and_leaves_it_out_of_the_m
                                  "student": {"ap": 0.4, "per_class_ap": {"disk": 0.4, "star": None}}}])
     table = per_class_ap([run], model="student")
     assert math.isnan(table.loc["star", "r"]) and table.loc["mean", "r"] == pytest.approx(40.0)
+
+
+def test_pooled_diagnostics_are_ratios_of_sums_over_the_logs():
+    from ssodlib.report.runs import pseudo_label_means
+
+    logs = [
+        # 2 images: 6 TP and 2 FP RoIs, 1 FN; DTG's R-CNN: 3 clusters with 12 members in all
+        {"pl_images": 2, "pl_per_image": 1.0, "roi_tp": 6, "roi_fp": 2, "roi_fn": 1,
+         "pl_dtg_rcnn_clusters_per_image": 1.5, "pl_dtg_rcnn_members_per_image": 6.0},
+        # 6 images: 2 TP and 6 FP RoIs, no FN; 6 clusters with 6 members
+        {"pl_images": 6, "pl_per_image": 2.0, "roi_tp": 2, "roi_fp": 6, "roi_fn": 0,
+         "pl_dtg_rcnn_clusters_per_image": 1.0, "pl_dtg_rcnn_members_per_image": 1.0},
+        {"pl_images": 0, "roi_tp": 99},  # a window without unlabeled images counts nowhere
+    ]
+    m = pseudo_label_means(logs)
+    assert m["pl_per_image"] == 1.5  # a plain mean over the two windows, as before
+    assert m["roi_precision"] == 0.5  # (6 + 2) / (6 + 2 + 2 + 6), not the mean of 0.75 and 0.25
+    assert (m["roi_tp_per_image"], m["roi_fp_per_image"], m["roi_fn_per_image"]) == (1.0, 1.0, 0.125)  # 8/8, 8/8, 1/8
+    assert m["pl_dtg_rcnn_members_per_cluster"] == 2.0  # (12 + 6) / (3 + 6)
+    assert m["pl_dtg_rcnn_clusters_per_image"] == 1.25 and "pl_dtg_rpn_members_per_cluster" not in m
+    assert pseudo_label_means([{"pl_images": 3, "roi_tp": 0, "roi_fp": 0}]).get("roi_precision") is None
