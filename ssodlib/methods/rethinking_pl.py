@@ -85,7 +85,7 @@ from ssodlib.models.detectors.base import Detections
 from ssodlib.models.detectors.faster_rcnn import FasterRCNN, RoIOutput, RoISamples
 from ssodlib.models.ensemble import ensemble_detections, frozen_copy
 from ssodlib.models.losses import softmax_focal_loss
-from ssodlib.models.side_buckets import encode_sides, side_losses
+from ssodlib.models.side_buckets import decode_sides, encode_sides, side_losses
 
 SIDE_HEAD = "side_classification"
 
@@ -352,5 +352,7 @@ class RethinkingPL(TeacherStudentMethod):
         return JointLosses(supervised, unsup)
 
 
-__all__ = ["RethinkingPL", "RethinkingPLOptions", "certainty_scores", "foreground_weights", "reweighted_roi_loss",
-           "roi_statistics", "select_certain", "teacher_fingerprint"]
+# the paper's public pure functions are importable from here too (their homes: rethinking_pl_maths, side_buckets)
+__all__ = ["RethinkingPL", "RethinkingPLOptions", "certainty_scores", "decode_sides", "dynamic_thresholds",
+           "encode_sides", "foreground_weights", "reweighted_roi_loss", "roi_statistics", "select_certain",
+           "teacher_fingerprint"]

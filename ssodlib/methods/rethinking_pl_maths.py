@@ -1,8 +1,8 @@
 """Dynamic thresholding and re-weighting of "Rethinking Pseudo Labels for Semi-Supervised Object
 Detection" (Li, Wu, Shrivastava and Davis, AAAI 2022, https://arxiv.org/abs/2106.00168), Sec. 2.3.
 
-Not a registered method: the class statistics and Eq. 6 that a method file built on the
-side-classification head (:mod:`ssodlib.models.side_buckets`) will call.
+The class statistics and Eq. 6 that the method (:mod:`ssodlib.methods.rethinking_pl`, built on the
+side-classification head of :mod:`ssodlib.models.side_buckets`) calls; kept apart as pure functions.
 
 For each class ``m`` the classification confidence ``p`` and localisation quality ``v`` of its
 foreground candidate boxes ``j`` are accumulated online into ``S_m = sum_j p_m^j v_m^j``, beside the

@@ -305,6 +305,29 @@ def test_side_head_postprocess_golden(side_score, expected):
     assert torch.equal(det.candidate_scores, det.scores)
 
 
+def test_side_head_without_refinement_puts_sides_at_bin_centres_and_drops_the_offset_loss():
+    # the decode case without its offsets: left centre 4, top 22, right 28, bottom 40 (v unchanged 0.55)
+    m = _model(num_classes=2, **SIDE, side_bins=5, side_refinement=False)
+    props, logits, offsets = _decode_case()
+    rois = RoIOutput(torch.tensor([[0.1, 0.7, 0.2]]).log(), torch.stack([logits, offsets], 1).reshape(1, -1),
+                     torch.zeros(1, 4), [1])
+    det = m.postprocess(rois, [props], ImageBatch(torch.zeros(1, 3, 64, 64), [(64, 64)]))[0]
+    assert torch.allclose(det.boxes, torch.tensor([[4.0, 22.0, 28.0, 40.0]] * 2), atol=1e-4)
+    assert torch.allclose(det.quality, torch.tensor([0.55, 0.55]), atol=1e-6)
+    # the K = 4 loss case of test_side_head_roi_loss_hand_values: only 4 sides x log 4, over 2 RoIs;
+    # the offsets stay in the graph with a zero gradient
+    m = _model(num_classes=1, **SIDE, side_bins=4, side_refinement=False)
+    side = torch.zeros(2, 32, requires_grad=True)
+    rois = RoIOutput(torch.tensor([[0.0, 1.0], [2.0, 0.0]]), side, torch.zeros(2, 4), [2])
+    samples = RoISamples([torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])], [torch.tensor([1, 0])],
+                         [torch.tensor([[1.0, 0.0, 11.0, 10.0], [0.0, 0.0, 10.0, 10.0]])], [torch.tensor([0, -1])])
+    out = m.roi_loss(rois, samples)
+    assert out["loss_box"].item() == pytest.approx(4 * math.log(4) / 2, rel=1e-5)
+    out["loss_box"].backward()
+    assert side.grad[0, :16].abs().sum() > 0 and (side.grad[0, 16:] == 0).all()
+    assert FasterRCNNOptions().side_refinement  # the paper's head refines (Eq. 5)
+
+
 def test_side_head_options_reach_loss_and_quality():
     # the K = 4 case of test_side_head_roi_loss_hand_values with zero outputs under the sigmoid loss:
     # every bin's BCE is log 2, so 4 bins x 4 sides x log 2 for the positive RoI, offsets as there

@@ -88,6 +88,9 @@ class FasterRCNNOptions:
     side_bin_loss: str = "softmax"
     # side head: a side's v also counts the second bin's probability when it neighbours the top one (SABL)
     side_neighbor_rescoring: bool = False
+    # side head: refine each side within its top bin by the regressed offset (Eq. 5, the paper's); False:
+    # classification only, the side at its bin's centre and no offset loss (the issue's middle box head)
+    side_refinement: bool = True
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     size_divisible: int = 32
@@ -387,7 +390,9 @@ class FasterRCNN(nn.Module):
         props, gt = torch.cat(samples.proposals)[pos], torch.cat(samples.matched_boxes)[pos]
         bins, target = encode_sides(props, gt, num_bins=c.side_bins, segment_scale=c.side_segment_scale)
         loss_bins, loss_offsets = side_losses(logits[pos], offsets[pos], bins, target, bin_loss=c.side_bin_loss)
-        return loss_bins + loss_offsets
+        # without refinement the offsets are not trained; 0 * loss keeps them in the graph (DDP expects a
+        # gradient for every parameter)
+        return loss_bins + (loss_offsets if c.side_refinement else 0.0 * loss_offsets)
 
     def side_outputs(self, rois: RoIOutput) -> tuple[Tensor, Tensor]:
         """The side head's ``(R, 4, K)`` bin logits and ``(R, 4, K)`` offsets (sides left, top, right, bottom)."""
@@ -412,7 +417,8 @@ class FasterRCNN(nn.Module):
         if self.config.box_head != "side_classification":
             return self.roi_coder.decode(rois.box_deltas.detach().float(), [props]).reshape(len(props), -1, 4), None
         logits, offsets = self.side_outputs(rois)
-        boxes, quality = decode_sides(props, logits.detach(), offsets.detach(),
+        offsets = offsets.detach() if self.config.side_refinement else torch.zeros_like(offsets)
+        boxes, quality = decode_sides(props, logits.detach(), offsets,
                                       segment_scale=self.config.side_segment_scale, **self._quality_options())
         n = len(props)
         return boxes[:, None, :].expand(n, self.num_classes + 1, 4).contiguous(), quality
