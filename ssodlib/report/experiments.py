@@ -20,7 +20,7 @@ from ssodlib.experiments.shipped import LayeredStore, is_shipped, report_store
 from ssodlib.experiments.store import default_results_dir
 from ssodlib.io import write_text
 from ssodlib.report import figures
-from ssodlib.report.runs import pseudo_label_means
+from ssodlib.report.runs import eval_curves, pseudo_label_means
 
 
 @dataclass
@@ -223,11 +223,18 @@ def _label(s: RunSpec) -> str:
 
 def _draw(plot: str, item: Item, specs: list[RunSpec], store: LayeredStore, path: Path) -> bool:
     done = [s for s in specs if store.is_complete(s.key)]
-    if plot in ("pseudo_label_curves", "pseudo_label_curves_vs_ground_truth"):
-        logs = {_label(s): [r for r in read_metrics(store.run_dir(s.key)) if r.get("pl_images")] for s in done}
-        logs = {k: v for k, v in logs.items() if v}
-        curves = figures.CURVES if plot == "pseudo_label_curves" else figures.CURVES_VS_GROUND_TRUTH
+    if plot in LOG_CURVES:
+        curves = LOG_CURVES[plot]
+        logs = {_label(s): [with_roi_rates(r) for r in read_metrics(store.run_dir(s.key)) if r.get("pl_images")]
+                for s in done}
+        # only runs that logged the curves' keys (a supervised row has no pseudo labels, a baseline no pl_cm_*)
+        logs = {k: v for k, v in logs.items() if any(key in r for r in v for key, _ in curves)}
         return bool(logs) and figures.pseudo_label_curves(logs, path=path, curves=curves)
+    if plot == "eval_curves":  # the item's metric of its model at every evaluation (CrossMatch Fig. 3a-b)
+        runs = [s for s in done if read_metrics(store.run_dir(s.key))]
+        frame = eval_curves([store.run_dir(s.key) for s in runs], model=item.model, metric=item.metric,
+                            names=[_label(s) for s in runs])
+        return bool(runs) and figures.eval_curves(frame, metric=f"{item.metric} ({item.model})", path=path)
     if plot == "ap_per_iou":
         curves = {}
         for s in done:
@@ -260,9 +267,22 @@ def _draw(plot: str, item: Item, specs: list[RunSpec], store: LayeredStore, path
     raise ValueError(f"unknown plot {plot!r}: one of {PLOTS}")
 
 
+def with_roi_rates(record: dict[str, Any]) -> dict[str, Any]:
+    """A train record with its RoI counts (``roi_tp`` / ``roi_fp`` / ``roi_fn`` of the log window) as
+    per-image rates and their precision, the keys of ``figures.ROI_CURVES``."""
+    if "roi_tp" not in record or not record.get("pl_images"):
+        return record
+    out = {**record, **{f"{k}_per_image": record[k] / record["pl_images"] for k in ("roi_tp", "roi_fp", "roi_fn")}}
+    fg = record["roi_tp"] + record["roi_fp"]
+    out["roi_precision"] = record["roi_tp"] / fg if fg else float("nan")
+    return out
+
+
+LOG_CURVES = {"pseudo_label_curves": figures.CURVES, "pseudo_label_curves_vs_ground_truth": figures.CURVES_VS_GROUND_TRUTH,
+              "roi_curves": figures.ROI_CURVES, "soft_roi_curves": figures.SOFT_ROI_CURVES}
 INSPECTIONS = ("cluster_quality", "detections", "detections_nms")
-PLOTS = ("pseudo_label_curves", "pseudo_label_curves_vs_ground_truth", "ap_per_iou", "pseudo_label_precision_per_iou",
-         "class_distribution", "metric_bars", *INSPECTIONS)
+PLOTS = (*LOG_CURVES, "eval_curves", "ap_per_iou", "pseudo_label_precision_per_iou", "class_distribution",
+         "metric_bars", *INSPECTIONS)
 CLUSTER_IMAGES = 200  # unlabeled images whose kept boxes make the cluster-quality scatter (paper: 5000)
 SHOWN_IMAGES = 3  # images per run in the qualitative figures
 SHOWN_SCORE = 0.6  # the paper's visualisation threshold (Fig. 5)

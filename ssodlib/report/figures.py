@@ -21,6 +21,14 @@ CURVES = (("pl_precision", "precision @ IoU 0.5 (one-to-one)"), ("pl_recall", "r
 CURVES_VS_GROUND_TRUTH = (("pl_precision_any", "precision (any GT of its class, IoU > 0.5)"),
                           ("pl_per_image", "pseudo boxes per image"),
                           ("pl_class_kl_gt", "KL(pseudo || unlabeled GT classes)"))
+# CrossMatch Fig. 1b: the student's sampled RoIs under the pseudo labels against the withheld labels
+ROI_CURVES = (("roi_tp_per_image", "true-positive RoIs per image"), ("roi_fp_per_image", "false-positive RoIs per image"),
+              ("roi_fn_per_image", "false-negative RoIs per image"), ("roi_precision", "RoI precision (IoU 0.5)"))
+# CrossMatch Fig. 4: the soft branch's RoIs (a) and the true-positive RoIs of each branch (b)
+SOFT_ROI_CURVES = (("pl_cm_soft_rois_per_image", "soft-branch RoIs per image"),
+                   ("pl_cm_soft_only_rois_per_image", "soft-only RoIs per image"),
+                   ("pl_cm_tp_hard_only_per_image", "TP RoIs: hard only"), ("pl_cm_tp_both_per_image", "TP RoIs: both"),
+                   ("pl_cm_tp_soft_only_per_image", "TP RoIs: soft only"))
 
 
 def _pyplot():

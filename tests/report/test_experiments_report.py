@@ -303,3 +303,44 @@ def test_pseudo_box_precision_per_iou_weights_each_log_by_its_pseudo_boxes():
     assert sorted(curve) == pytest.approx([0.5 + 0.05 * i for i in range(10)])
     assert all(v == pytest.approx(100 * (3 * 0.6 + 1 * 0.2) / 4) for v in curve.values())  # 50 %
     assert precision_per_iou(logs[:1]) == {}
+
+
+def test_roi_and_eval_curves_draw_the_logged_counts_and_the_evaluations(tmp_path, monkeypatch):
+    papers = tmp_path / "papers"
+    (papers / "rep").mkdir(parents=True)
+    (papers / "pub").mkdir()
+    plots = "plots: [pseudo_label_curves, ap_per_iou, class_distribution]"
+    (papers / "rep" / "experiments.yaml").write_text(
+        EXPERIMENTS.replace(plots, "plots: [roi_curves, soft_roi_curves, eval_curves]"))
+    (papers / "pub" / "reference.yaml").write_text(REFERENCE)
+    monkeypatch.setenv("SSOD_PAPERS_DIR", str(papers))
+    items = plan_items("rep", "fig", "smoke")
+    store = ResultsStore(tmp_path / "results")
+    specs = {(s.row, s.column): s for s in items["fig"]}
+    log = [  # window 1: 2 images, 6 TP / 2 FP / 1 FN RoIs; window 2: 4 images, 2 / 2 / 4
+        {"iteration": 3, "kind": "train", "pl_images": 2, "pl_per_image": 1.0, "gt_per_image": 2.0,
+         "roi_tp": 6, "roi_fp": 2, "roi_fn": 1},
+        {"iteration": 4, "kind": "eval", "student": {"ap": 0.10}, "teacher": {"ap": 0.15}},
+        {"iteration": 5, "kind": "train", "pl_images": 4, "pl_per_image": 1.0, "gt_per_image": 2.0,
+         "roi_tp": 2, "roi_fp": 2, "roi_fn": 4},
+        {"iteration": 6, "kind": "eval", "student": {"ap": 0.20}, "teacher": {"ap": 0.25}},
+    ]
+    for (row, column), s in specs.items():
+        if column == "1%":
+            store.put(s.key, {"row": row, "column": column, "fold": 1, "final": _final(student=0.2, teacher=0.25)})
+            records = log if row == "PL" else [r for r in log if r["kind"] == "eval"]
+            path = store.run_dir(s.key) / "metrics.jsonl"
+            path.parent.mkdir(parents=True)
+            path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "report"
+    report = render(items, paper="rep", scale="smoke", results_dir=store.root, out_dir=out)
+    # no run logged CrossMatch's pl_cm_* counts: that figure is not drawn
+    assert set(report.figures) == {"fig_roi_curves", "fig_eval_curves"}
+    roi = pd.read_csv(out / "fig_roi_curves.csv")
+    assert set(roi["run"]) == {"PL 1% f1"}  # the supervised run logged no RoI counts
+    value = {(r["curve"], r["iteration"]): r["value"] for r in roi.to_dict("records")}
+    assert value["roi_tp_per_image", 3] == 3.0 and value["roi_fn_per_image", 5] == 1.0  # 6 / 2, 4 / 4
+    assert value["roi_precision", 3] == 0.75 and value["roi_precision", 5] == 0.5  # 6 / 8, 2 / 4
+    curves = pd.read_csv(out / "fig_eval_curves.csv").set_index("iteration")
+    # the item's model (teacher) where evaluated; the supervised run has a teacher here too
+    assert list(curves["PL 1% f1"]) == pytest.approx([15.0, 25.0])
