@@ -37,23 +37,27 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def measured_section(paper: str, *, scales: Sequence[str] = ("mini",), draw: bool = False) -> str:
-    """The text between the markers; ``draw`` also (re)draws the figures it links to."""
+def measured_section(paper: str, *, scales: Sequence[str] = ("mini",), draw: bool = False,
+                     tables_dir: Path | None = None) -> str:
+    """The text between the markers; ``draw`` also (re)draws the figures it links to. The report's
+    tables are written to ``results/<scale>/report/`` beside the figures, or under ``tables_dir/<scale>``
+    (a check that compares them with the shipped ones and changes nothing)."""
     parts = [BEGIN]
     for scale in scales:
         folder = shipped_dir(paper, scale)
         if not (folder / "records").is_dir():
             raise InputError(f"{folder}: no shipped records. Fix: `ssod experiments export --paper {paper} --scale "
                              f"{scale}` after the runs, or leave {scale} out of --scales.")
-        parts.append(_scale_section(paper, scale, folder, draw=draw))
+        out_dir = folder / "report" if tables_dir is None else Path(tables_dir) / scale
+        parts.append(_scale_section(paper, scale, folder, draw=draw, out_dir=out_dir))
     parts.append(END)
     return "\n\n".join(parts)
 
 
-def _scale_section(paper: str, scale: str, folder: Path, *, draw: bool) -> str:
+def _scale_section(paper: str, scale: str, folder: Path, *, draw: bool, out_dir: Path) -> str:
     decl = load_declarations(paper)
     items = plan_items(paper, "all", scale)
-    report = render(items, paper=paper, scale=scale, results_dir=folder, out_dir=folder / "report", draw=draw)
+    report = render(items, paper=paper, scale=scale, results_dir=folder, out_dir=out_dir, draw=draw)
     store = ResultsStore(folder)
     planned = {s.key: s for specs in items.values() for s in specs}
     records = {k: store.get(k) for k in planned if store.is_complete(k)}
