@@ -365,7 +365,8 @@ def test_every_published_counterpart_of_the_baselines_resolves(monkeypatch):
                     value = published(ref["paper"], ref["item"], ref["row"], ref.get("columns", {}).get(column, column))
                     assert isinstance(value, float), (item.id, row["name"], ref, column)
                     checked += 1
-    assert checked == 2 * 5 * 3  # two rows, five papers each, three columns
+    # two rows, four papers each (Semi-DETR's are DETR baselines, compared with DETR runs), three columns
+    assert checked == 2 * 4 * 3
 
 
 OPTIONS = """
