@@ -41,3 +41,28 @@ def test_no_strong_augmentation_leaves_the_image_as_it_is():
 def test_an_unknown_augmentation_is_an_error_that_lists_the_choices():
     with pytest.raises(InputError, match=r"strong_augment.*'colour'.*color"):
         train_config("smoke", method="pseudo_label", strong_augment=["colour"])
+
+
+@pytest.mark.filterwarnings("ignore:.*pin_memory.*:UserWarning")  # no accelerator here: pinning is a no-op
+def test_worker_processes_give_the_same_batches_and_pinning_is_passed_on(smoke_benchmark):
+    """The paper preset loads with 4 worker processes (and pinned memory on CUDA, the trainer's
+    ``pin_memory=device.type == "cuda"``): workers must not change what a batch holds, which seeds
+    per index (not per process) guarantee."""
+    from ssodlib.data.coco import CocoDetection
+    from ssodlib.engine.loader import build_loader, resolve_data
+
+    assert train_config("paper").num_workers == 4 and train_config("mini").num_workers == 0
+    batches = {}
+    for workers in (0, 2):
+        config = train_config("smoke", data_root=str(smoke_benchmark.root.parent), num_workers=workers)
+        files = resolve_data(config)
+        labeled = CocoDetection(ann_file=files.labeled_ann, image_dir=files.image_dir)
+        loader = build_loader(config, files, labeled=labeled, uses_unlabeled=True, start_batch=3, rank=0,
+                              world_size=1, pin_memory=workers > 0)
+        assert loader.pin_memory is (workers > 0) and loader.num_workers == workers
+        it = iter(loader)
+        batches[workers] = [next(it) for _ in range(2)]
+    for a, b in zip(batches[0], batches[2]):
+        for name in ("images", "weak", "strong", "boxes", "teacher_to_student"):
+            for x, y in zip(getattr(a, name), getattr(b, name)):
+                assert torch.equal(x, y), name
