@@ -127,7 +127,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     ann_file = args.ann_file or files.val_ann
     image_dir = args.image_dir or files.val_images
     metrics = evaluate_detector(model, ann_file=ann_file, image_dir=image_dir, test_scale=config.test_scale,
-                                max_size=config.max_size, progress=not args.quiet).to_dict()
+                                max_size=config.max_size, progress=not args.quiet,
+                                pascal_voc=config.dataset == "voc").to_dict()
     if args.errors is not None:
         metrics["errors"] = _box_errors(model, config, files, score_thresh=args.errors, num_images=args.error_images)
     if args.quality:

@@ -310,7 +310,7 @@ class Trainer:
             metrics = evaluate_detector(model, ann_file=self.files.val_ann, image_dir=self.files.val_images,
                                         test_scale=c.test_scale, max_size=c.max_size, device=self.device,
                                         max_images=c.eval_images, amp_dtype=amp_dtype(c), rank=self.dist.rank,
-                                        world_size=self.dist.world_size)
+                                        world_size=self.dist.world_size, pascal_voc=c.dataset == "voc")
             if metrics is None:  # not the main rank
                 continue
             m = metrics.to_dict()

@@ -6,6 +6,7 @@ from ssodlib.evaluation.coco_eval import (
     detections_to_coco,
     evaluate_coco,
     pascal_voc_ap,
+    pascal_voc_metrics,
 )
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "detections_to_coco",
     "evaluate_coco",
     "pascal_voc_ap",
+    "pascal_voc_metrics",
 ]

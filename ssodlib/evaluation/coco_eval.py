@@ -29,6 +29,7 @@ __all__ = [
     "detections_to_coco",
     "evaluate_coco",
     "pascal_voc_ap",
+    "pascal_voc_metrics",
 ]
 
 GroundTruth = Mapping[str, Any] | str | os.PathLike | COCO
@@ -59,10 +60,16 @@ class DetectionMetrics:
     ap_per_iou: dict[float, float]
     num_images: int
     num_detections: int
+    # Pascal VOC devkit AP (area under the precision envelope, :func:`pascal_voc_ap`) at IoU 0.5 and
+    # averaged over IoU 0.5:0.95, where the evaluation asked for it (VOC test sets); else None
+    voc_ap50: float | None = None
+    voc_ap: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly copy: NaN becomes None, IoU keys become strings like ``"0.50"``."""
-        return {
+        """JSON-friendly copy: NaN becomes None, IoU keys become strings like ``"0.50"``; the Pascal
+        VOC keys only where they were computed."""
+        voc = {k: _json_float(v) for k, v in (("voc_ap50", self.voc_ap50), ("voc_ap", self.voc_ap)) if v is not None}
+        return {**voc,
             "ap": _json_float(self.ap),
             "ap50": _json_float(self.ap50),
             "ap75": _json_float(self.ap75),
@@ -363,6 +370,13 @@ def _image_detections(
 
 
 # --------------------------------------------------------------------------- Pascal VOC AP
+
+
+def pascal_voc_metrics(ground_truth: Mapping[str, Any], detections: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """``voc_ap50`` and ``voc_ap`` (the mean over IoU 0.50, 0.55, ..., 0.95) of :func:`pascal_voc_ap`'s
+    mAP: CrossMatch's Table 6 ("Pascal-style AP calculation")."""
+    per_iou = [pascal_voc_ap(ground_truth, detections, iou_threshold=t)["mAP"] for t in IOU_THRESHOLDS]
+    return {"voc_ap50": per_iou[0], "voc_ap": float(np.mean(per_iou))}
 
 
 def pascal_voc_ap(

@@ -280,3 +280,14 @@ def test_pascal_voc_map_skips_class_without_positives() -> None:
     assert math.isnan(result["bird"])
     assert result["mAP"] == approx(0.75)
     assert pascal_voc_ap(gt, dets, use_07_metric=True)["dog"] == approx(6 / 11)
+
+
+def test_pascal_voc_metrics_average_the_devkit_map_over_coco_ious() -> None:
+    from ssodlib.evaluation.coco_eval import pascal_voc_metrics
+
+    # one box, one detection shifted by 1 px: IoU 9 * 10 / (11 * 10) = 0.818, a TP up to threshold 0.80
+    # (strictly above), a miss from 0.85: AP 1 at 0.50-0.80 (7 thresholds), 0 at 0.85-0.95 (3)
+    gt = _gt([(1, [0, 0, 10, 10])])
+    dets = [_det([1, 0, 10, 10], 0.9)]
+    m = pascal_voc_metrics(gt, dets)
+    assert m["voc_ap50"] == approx(1.0) and m["voc_ap"] == approx(0.7)

@@ -76,3 +76,33 @@ def test_two_ranks_score_exactly_what_one_process_scores(smoke_benchmark, tmp_pa
     mp.start_processes(_worker, args=(2, str(smoke_benchmark.root), str(tmp_path / "init"), str(result)), nprocs=2,
                        join=True, start_method="spawn")
     assert json.loads(result.read_text()) == json.loads(json.dumps(single))
+
+
+def test_pascal_voc_metrics_are_added_only_when_asked_and_score_the_same_detections(smoke_benchmark):
+    from ssodlib.evaluation.coco_eval import pascal_voc_ap
+
+    root = str(smoke_benchmark.root)
+    plain = _evaluate(root)
+    assert plain.voc_ap50 is None and "voc_ap50" not in plain.to_dict()
+    model = LookupDetector(_truth(root))
+    voc = evaluate_detector(model, ann_file=f"{root}/annotations/instances_val.json", image_dir=f"{root}/images",
+                            test_scale=96, max_size=160, batch_size=1, max_images=7, pascal_voc=True)
+    assert voc.num_images == 7 and 0 < voc.voc_ap50 < 1 and 0 < voc.voc_ap <= voc.voc_ap50
+    assert set(voc.to_dict()) >= {"voc_ap50", "voc_ap"}
+    # the same number from the devkit function on the scored images' ground truth and detections: the
+    # ground truth of the images not evaluated (max_images) must not count as missed
+    data = CocoDetection(ann_file=f"{root}/annotations/instances_val.json", image_dir=f"{root}/images")
+    ids = [data[i][1]["image_id"] for i in range(7)]
+    gt = {**data.coco.raw, "images": [im for im in data.coco.raw["images"] if im["id"] in ids],
+          "annotations": [a for a in data.coco.raw["annotations"] if a["image_id"] in ids]}
+    from ssodlib.evaluation.coco_eval import detections_to_coco
+
+    dets = []
+    view = WeakViewConfig(scales=(96,), max_size=160, flip_prob=0.0)
+    for i in range(7):
+        image, target = data[i]
+        v, m = weak_view(image, view, torch.Generator())
+        det = model.predict([v])[0]
+        dets += detections_to_coco(image_ids=[target["image_id"]], boxes=[transform_boxes(det.boxes, torch.linalg.inv(m))],
+                                   scores=[det.scores], labels=[det.labels], label_to_cat_id=data.label_to_cat_id)
+    assert voc.voc_ap50 == pascal_voc_ap(gt, dets)["mAP"]
