@@ -54,6 +54,18 @@ def _cmd_coco20(args: argparse.Namespace) -> None:
     print(f"{args.out}: {len(data['images'])} images of the 20 VOC classes")
 
 
+def _cmd_merge(args: argparse.Namespace) -> None:
+    from ssodlib.data.voc import merge_coco
+
+    parts = []
+    for spec in args.parts:
+        path, _, prefix = spec.partition("=")
+        parts.append((read_json(path, what="COCO annotation file"), prefix))
+    data = merge_coco(parts, sources=[spec.partition("=")[0] for spec in args.parts])
+    write_json(args.out, data)
+    print(f"{args.out}: {len(data['images'])} images, {len(data['annotations'])} boxes from {len(parts)} files")
+
+
 def _cmd_image_list(args: argparse.Namespace) -> None:
     from ssodlib.data.voc import from_image_info, image_list_to_coco
 
@@ -384,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ann_file", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cmd_coco20)
+
+    p = data.add_parser("merge", help="COCO files of the same classes as one (e.g. VOC12 trainval + COCO20cls)")
+    p.add_argument("parts", nargs="+", metavar="FILE[=PREFIX]",
+                   help="annotation files; PREFIX is put before each image's file_name (e.g. ../coco/train2017/)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_cmd_merge)
 
     p = data.add_parser("image-list", help="unlabeled image list (e.g. unlabeled2017) as COCO JSON")
     src = p.add_mutually_exclusive_group(required=True)

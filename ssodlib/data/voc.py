@@ -210,6 +210,46 @@ def _voc_id_of_coco_id(categories: list[dict[str, Any]], source: str) -> dict[in
     return {coco_id_of_name[name]: voc_id for voc_id, name in enumerate(coco_names, start=1)}
 
 
+# ---------------------------------------------------------------- merged sets
+
+
+def merge_coco(parts: list[tuple[dict[str, Any], str]], *, sources: list[str] | None = None) -> dict[str, Any]:
+    """One COCO dict of several with the same categories (e.g. VOC12 trainval + COCO20cls, the
+    unlabeled set of CrossMatch's and STAC's "VOC12 + COCO20cls" rows).
+
+    ``parts``: ``(coco dict, prefix)``; each image's ``file_name`` gets its part's prefix (e.g.
+    ``"../coco/train2017/"``, so that every name is relative to one image folder, here ``VOCdevkit``).
+    Image and annotation ids are renumbered from 1 in order (the parts' ids may clash); each image
+    keeps its part's id as ``source_id`` and its part's index as ``source``. The inputs are not modified.
+    """
+    names = sources or [f"<part {i + 1}>" for i in range(len(parts))]
+    if not parts:
+        raise InputError("nothing to merge. Fix: pass at least one COCO annotation file.")
+    categories = None
+    images, annotations = [], []
+    for index, ((coco, prefix), source) in enumerate(zip(parts, names)):
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(coco.get(key), list):
+                raise InputError(f"{source}: no {key!r} list. Fix: pass a COCO instances annotation file.")
+        cats = sorted((c["id"], c["name"]) for c in coco["categories"])
+        if categories is None:
+            categories, first = cats, source
+        elif cats != categories:
+            raise InputError(f"{source}: its categories differ from {first}'s. Fix: convert both to the same "
+                             "classes first (e.g. `ssod data coco20cls` for COCO against VOC's 20).")
+        new_id = {}
+        for img in coco["images"]:
+            new_id[img["id"]] = len(images) + 1
+            images.append({**img, "id": new_id[img["id"]], "file_name": prefix + img["file_name"],
+                           "source_id": img["id"], "source": index})
+        for ann in coco["annotations"]:
+            if ann["image_id"] not in new_id:
+                raise InputError(f"{source}: annotation {ann.get('id')} names image {ann['image_id']}, which the "
+                                 "file does not list. Fix: regenerate the file.")
+            annotations.append({**ann, "id": len(annotations) + 1, "image_id": new_id[ann["image_id"]]})
+    return {"images": images, "annotations": annotations, "categories": [dict(c) for c in parts[0][0]["categories"]]}
+
+
 # ---------------------------------------------------------------- unlabeled images
 
 

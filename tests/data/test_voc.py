@@ -214,3 +214,30 @@ def test_from_image_info(tmp_path: Path) -> None:
     path.write_text(json.dumps({"annotations": []}))
     with pytest.raises(InputError, match="no 'images' list"):
         from_image_info(path)
+
+
+def test_merge_renumbers_ids_prefixes_file_names_and_checks_categories(tmp_path: Path) -> None:
+    from ssodlib.cli import main
+    from ssodlib.data.voc import merge_coco, voc_categories
+
+    cats = voc_categories()
+    voc12 = {"images": [{"id": 1, "file_name": "VOC2012/JPEGImages/a.jpg", "width": 9, "height": 9}],
+             "annotations": [_ann(1, 1, 15)], "categories": cats}
+    coco20 = {"images": [{"id": 1, "file_name": "x.jpg", "width": 9, "height": 9},
+                         {"id": 7, "file_name": "y.jpg", "width": 9, "height": 9}],
+              "annotations": [_ann(1, 7, 3), _ann(2, 1, 15)], "categories": cats}
+    out = merge_coco([(voc12, ""), (coco20, "../coco/train2017/")])
+    # the clashing image id 1 and annotation ids 1 become 1..3; each box follows its own image
+    assert [(i["id"], i["file_name"], i["source"], i["source_id"]) for i in out["images"]] == [
+        (1, "VOC2012/JPEGImages/a.jpg", 0, 1), (2, "../coco/train2017/x.jpg", 1, 1), (3, "../coco/train2017/y.jpg", 1, 7)]
+    assert [(a["id"], a["image_id"], a["category_id"]) for a in out["annotations"]] == [(1, 1, 15), (2, 3, 3), (3, 2, 15)]
+    assert out["categories"] == cats and coco20["images"][0]["id"] == 1  # inputs untouched
+    with pytest.raises(InputError, match="categories differ"):
+        merge_coco([(voc12, ""), ({**coco20, "categories": cats[:5]}, "")], sources=["voc12.json", "other.json"])
+    # the command writes the file the VOC12 + COCO20cls rows declare
+    (tmp_path / "voc12.json").write_text(json.dumps(voc12))
+    (tmp_path / "coco20.json").write_text(json.dumps(coco20))
+    target = tmp_path / "voc12_trainval+coco20cls.json"
+    main(["data", "merge", str(tmp_path / "voc12.json"), f"{tmp_path / 'coco20.json'}=../coco/train2017/",
+          "--out", str(target)])
+    assert json.loads(target.read_text()) == out
