@@ -242,6 +242,14 @@ def _draw(plot: str, item: Item, specs: list[RunSpec], store: LayeredStore, path
             per_iou = final[_model_in(final, item, s.row)]["ap_per_iou"]
             curves[_label(s)] = {float(k): 100.0 * v for k, v in per_iou.items()}
         return bool(curves) and figures.ap_per_iou(curves, path=path)
+    if plot == "per_class_ap":  # each class's AP of every run done, by the row's model
+        bars = {}
+        for s in done:
+            final = store.get(s.key)["final"]
+            bars.setdefault(f"{s.row} f{s.fold}" + (f" s{s.seed}" if s.seed else ""),
+                            {c: None if v is None else 100.0 * v
+                             for c, v in final[_model_in(final, item, s.row)]["per_class_ap"].items()})
+        return figures.per_class_bars(bars, path=path)
     if plot == "pseudo_label_precision_per_iou":  # Rethinking PL Fig. 3, from the logged diagnostics
         curves = {_label(s): precision_per_iou(read_metrics(store.run_dir(s.key))) for s in done}
         curves = {k: v for k, v in curves.items() if v}
@@ -281,7 +289,7 @@ def with_roi_rates(record: dict[str, Any]) -> dict[str, Any]:
 LOG_CURVES = {"pseudo_label_curves": figures.CURVES, "pseudo_label_curves_vs_ground_truth": figures.CURVES_VS_GROUND_TRUTH,
               "roi_curves": figures.ROI_CURVES, "soft_roi_curves": figures.SOFT_ROI_CURVES}
 INSPECTIONS = ("cluster_quality", "detections", "detections_nms")
-PLOTS = (*LOG_CURVES, "eval_curves", "ap_per_iou", "pseudo_label_precision_per_iou", "class_distribution",
+PLOTS = (*LOG_CURVES, "eval_curves", "ap_per_iou", "per_class_ap", "pseudo_label_precision_per_iou", "class_distribution",
          "metric_bars", *INSPECTIONS)
 CLUSTER_IMAGES = 200  # unlabeled images whose kept boxes make the cluster-quality scatter (paper: 5000)
 SHOWN_IMAGES = 3  # images per run in the qualitative figures

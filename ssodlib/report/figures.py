@@ -114,6 +114,28 @@ def class_distribution(bars: dict[str, np.ndarray], *, class_names: list[str] | 
     return _save(fig, path, pd.DataFrame(rows))
 
 
+def per_class_bars(bars: dict[str, dict[str, float]], *, path: str | os.PathLike, ylabel: str = "AP (%)") -> bool:
+    """Each class's AP, one bar per run (``bars``: label -> class -> AP in %, classes in the order of
+    the first run), so that the tail classes' gains (Rethinking PL's dynamic thresholds, LabelMatch's
+    ACT) can be seen class by class."""
+    plt = _pyplot()
+    if not bars:
+        return False
+    names = list(next(iter(bars.values())))
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(names) * len(bars)), 3.6))
+    rows = []
+    for i, (label, per_class) in enumerate(bars.items()):
+        values = np.array([np.nan if per_class.get(c) is None else per_class[c] for c in names], float)
+        ax.bar(np.arange(len(names)) + i * width, values, width, label=label)
+        rows += [{"run": label, "class": c, "ap": float(v)} for c, v in zip(names, values)]
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path, pd.DataFrame(rows))
+
+
 def metric_bars(frame: pd.DataFrame, *, metric: str, path: str | os.PathLike) -> bool:
     """Mean (bars) and standard deviation (whiskers) over folds of a metric, one group per column and
     one bar per row (``frame``: row, column, value; rows and columns in declaration order)."""

@@ -344,3 +344,28 @@ def test_roi_and_eval_curves_draw_the_logged_counts_and_the_evaluations(tmp_path
     curves = pd.read_csv(out / "fig_eval_curves.csv").set_index("iteration")
     # the item's model (teacher) where evaluated; the supervised run has a teacher here too
     assert list(curves["PL 1% f1"]) == pytest.approx([15.0, 25.0])
+
+
+def test_per_class_ap_draws_each_class_of_each_run_done_by_its_model(tmp_path, monkeypatch):
+    papers = tmp_path / "papers"
+    (papers / "rep").mkdir(parents=True)
+    (papers / "pub").mkdir()
+    plots = "plots: [pseudo_label_curves, ap_per_iou, class_distribution]"
+    (papers / "rep" / "experiments.yaml").write_text(EXPERIMENTS.replace(plots, "plots: [per_class_ap]"))
+    (papers / "pub" / "reference.yaml").write_text(REFERENCE)
+    monkeypatch.setenv("SSOD_PAPERS_DIR", str(papers))
+    items = plan_items("rep", "fig", "smoke")
+    store = ResultsStore(tmp_path / "results")
+    specs = {(s.row, s.column): s for s in items["fig"]}
+    final = _final(student=0.1, teacher=0.3)
+    final["teacher"]["per_class_ap"] = {"a": 0.5, "b": None, "c": 0.1}  # b: no ground truth
+    store.put(specs["PL", "1%"].key, {"row": "PL", "column": "1%", "fold": 1, "final": final})
+    store.put(specs["Sup", "1%"].key, {"row": "Sup", "column": "1%", "fold": 1, "final": _final(student=0.2)})
+    out = tmp_path / "report"
+    report = render(items, paper="rep", scale="smoke", results_dir=store.root, out_dir=out)
+    assert set(report.figures) == {"fig_per_class_ap"}
+    bars = pd.read_csv(out / "fig_per_class_ap.csv")
+    ap = {(r["run"], r["class"]): r["ap"] for r in bars.to_dict("records")}
+    # PL by the item's model (the teacher), Sup (no teacher) by its student
+    assert ap["PL f1", "a"] == pytest.approx(50.0) and math.isnan(ap["PL f1", "b"]) and ap["PL f1", "c"] == pytest.approx(10.0)
+    assert ap["Sup f1", "a"] == pytest.approx(20.0) and len(ap) == 6
