@@ -101,7 +101,7 @@ from ssodlib.methods.detr_passes import (BoxQueries, DETRPass, DETRTeacherPass, 
 from ssodlib.models.detr.boxes import cxcywh_to_xyxy
 from ssodlib.models.detr.detector import DecoderOutput, DETRBase, Queries, Targets, connected_zero, layer_suffix
 from ssodlib.models.detr.losses import LossWeights, average_count
-from ssodlib.models.detr.matcher import CostWeights, hungarian_match, match_cost
+from ssodlib.models.detr.matcher import Assignment, CostWeights, hungarian_match, match_cost
 
 ASSIGNERS = ("tood", "max_iou", "atss", "simota")  # Table 6
 CQC_BOXES = ("fixed", "topk", "mean_std", "gmm")  # Table 5
@@ -272,6 +272,30 @@ def task_aligned_focal_loss(logits: Tensor, target: Tensor, *, gamma: float = 2.
 Assign = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
+def _scores_and_ious(logits: Tensor, boxes: Tensor, labels: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
+    """``(Q, G)`` each query's sigmoid score of each target's class and its IoU with the target, from one
+    image's ``(Q, C)`` logits, ``(Q, 4)`` and ``(G, 4)`` normalised ``cxcywh`` boxes, without gradient."""
+    with torch.no_grad():
+        scores = logits.detach().float().sigmoid()[:, labels]
+        ious = box_iou(cxcywh_to_xyxy(boxes.detach().float()), cxcywh_to_xyxy(gt.to(boxes).float()))
+    return scores, ious
+
+
+@dataclass(frozen=True)
+class AlignedAssigner:
+    """The detector family's one-to-many interface (:class:`~ssodlib.models.detr.matcher.OneToManyAssigner`)
+    filled in with an ``Assign`` rule (``SemiDETR.assigner()``: Table 6's choice, TOOD's top-k by default):
+    the pairs of one image with their normalised alignment ``t_hat`` as ``quality``."""
+
+    assign: Assign
+
+    def __call__(self, logits: Tensor, boxes: Tensor, gt_labels: Tensor, gt_boxes: Tensor) -> Assignment:
+        labels, gt = gt_labels.to(logits.device).long(), gt_boxes.to(boxes)
+        assigned, t_hat = self.assign(*_scores_and_ious(logits, boxes, labels, gt), boxes.detach(), gt)
+        pos = torch.where(assigned >= 0)[0]
+        return Assignment(queries=pos, targets=assigned[pos], quality=t_hat[pos])
+
+
 def one_to_many_losses(logits: Tensor, boxes: Tensor, gt_labels: Sequence[Tensor], gt_boxes: Sequence[Tensor], *,
                        assign: Assign, weights: LossWeights, gamma: float) -> dict[str, Tensor]:
     """Eq. 4-6 on one decoder layer: ``logits`` ``(B, Q, C)``, ``boxes`` ``(B, Q, 4)`` normalised ``cxcywh``,
@@ -287,9 +311,7 @@ def one_to_many_losses(logits: Tensor, boxes: Tensor, gt_labels: Sequence[Tensor
         if len(labels) == 0:
             continue
         with torch.no_grad():
-            scores = logits[b].detach().sigmoid()[:, labels]
-            ious = box_iou(cxcywh_to_xyxy(boxes[b].detach()), cxcywh_to_xyxy(gt))
-            assigned, t_hat = assign(scores, ious, boxes[b].detach(), gt)
+            assigned, t_hat = assign(*_scores_and_ious(logits[b], boxes[b], labels, gt), boxes[b].detach(), gt)
         pos = torch.where(assigned >= 0)[0]
         if len(pos):
             target[b, pos, labels[assigned[pos]]] = t_hat[pos].float()
@@ -596,6 +618,10 @@ class SemiDETR(TeacherStudentMethod):
         first = next(iter(losses))
         return {**losses, first: losses[first] + connected_zero(*head.parameters())}
 
+    def assigner(self) -> AlignedAssigner:
+        """Stage 1's one-to-many assigner (the option ``o2m_assigner``) behind the family's interface."""
+        return AlignedAssigner(self._assign)
+
     def _assign(self, scores: Tensor, ious: Tensor, pred: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
         o = self.options
         if o.o2m_assigner == "tood":
@@ -770,7 +796,7 @@ class SemiDETR(TeacherStudentMethod):
         return box_queries(c_t, s_refs, groups=groups), box_queries(c_s, t_refs, groups=groups)
 
 
-__all__ = ["ASSIGNERS", "CODE_OPTIONS", "CQC_BOXES", "GMM_RULES", "GaussianMixture1D", "PseudoCandidates", "SemiDETR",
+__all__ = ["ASSIGNERS", "AlignedAssigner", "CODE_OPTIONS", "CQC_BOXES", "GMM_RULES", "GaussianMixture1D", "PseudoCandidates", "SemiDETR",
            "SemiDETROptions", "alignment_metric", "atss_assign", "cqc_cosine_loss", "cqc_mse_loss",
            "fit_gaussian_mixture_1d", "gmm_cost_threshold", "in_stage_one", "matched_costs", "max_iou_assign",
            "mean_std_filter", "normalized_alignment", "one_to_many_assign", "one_to_many_losses",

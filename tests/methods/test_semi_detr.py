@@ -607,3 +607,25 @@ def test_every_published_counterpart_of_the_declaration_resolves(monkeypatch):
     checked = published_counterparts("semi_detr")
     # Tables 1, 2, 3, 4, 5, 6, 7, 8, then table1_mini (2 rows x 2 columns) and table4_mini (4 rows x 3 columns)
     assert checked == 6 * 3 + 6 * 2 + 4 + 4 * 3 + 4 + 4 * 3 + 5 + 5 + 2 * 2 + 4 * 3
+
+
+def test_the_one_to_many_interface_is_filled_in_by_the_methods_assigner():
+    from torchvision.ops import box_iou
+
+    from ssodlib.models.detr.boxes import cxcywh_to_xyxy
+    from ssodlib.models.detr.matcher import OneToManyAssigner
+
+    torch.manual_seed(0)
+    logits, boxes = torch.randn(12, 3), torch.rand(12, 4) * 0.4 + 0.2
+    gt_labels, gt_boxes = torch.tensor([0, 2]), torch.tensor([[0.4, 0.4, 0.3, 0.3], [0.6, 0.5, 0.2, 0.4]])
+    method = SemiDETR(options={"o2m_topk": 4})
+    assigner = method.assigner()
+    assert isinstance(assigner, OneToManyAssigner)
+    got = assigner(logits, boxes, gt_labels, gt_boxes)
+    # the same pairs as Eq. 2-3 on the scores of each box's class and the IoUs
+    ious = box_iou(cxcywh_to_xyxy(boxes), cxcywh_to_xyxy(gt_boxes))
+    assigned, t_hat = one_to_many_assign(logits.sigmoid()[:, gt_labels], ious, topk=4, alpha=1.0, beta=6.0)
+    pos = torch.where(assigned >= 0)[0]
+    assert len(got) == len(pos) > 2 and torch.equal(got.queries, pos) and torch.equal(got.targets, assigned[pos])
+    torch.testing.assert_close(got.quality, t_hat[pos])
+    assert set(got.targets.tolist()) == {0, 1} and len(set(got.queries.tolist())) == len(got)  # one-to-many, a query once

@@ -105,8 +105,9 @@ class Assigner(Protocol):
 
 class OneToManyAssigner(Assigner, Protocol):
     """An assigner whose targets may take several queries each (e.g. Semi-DETR's top-k by the alignment
-    metric ``s^alpha u^beta``), returning the normalised alignment ``t_hat`` as ``quality``. IoUs of
-    normalised boxes equal those of pixel boxes (a per-axis scaling leaves IoU unchanged)."""
+    metric ``s^alpha u^beta``, :class:`ssodlib.methods.semi_detr.AlignedAssigner`), returning the normalised
+    alignment ``t_hat`` as ``quality``. IoUs of normalised boxes equal those of pixel boxes (a per-axis
+    scaling leaves IoU unchanged)."""
 
 
 @dataclass(frozen=True)
