@@ -221,3 +221,51 @@ def _spearman(a: Tensor, b: Tensor) -> float:
         return float("nan")
     ranks = torch.stack([a.argsort().argsort(), b.argsort().argsort()]).double()
     return torch.corrcoef(ranks)[0, 1].item()
+
+
+# -- DTG-SSOD Fig. 3: one proposal, two paradigms ---------------------------------------------------------
+
+@dataclass
+class AssignmentExample:
+    """A teacher proposal (image pixels) that INC and the sparse paradigm label differently: its labels
+    (0 background, ``1..C``) by INC, by IoU to the sparse pseudo boxes and by IoU to the ground truth,
+    the teacher's best class probability on it and its IoU with the nearest pseudo box."""
+
+    proposal: Tensor
+    dense: int
+    sparse: int
+    truth: int
+    teacher_score: float
+    pseudo_iou: float
+
+
+@torch.no_grad()
+def assignment_examples(teacher: torch.nn.Module, image: Tensor, gt_boxes: Tensor, gt_labels: Tensor, *,
+                        options, test_scale: int, max_size: int) -> tuple[list[AssignmentExample], Tensor, Tensor]:
+    """The proposals of ``teacher`` (a Faster R-CNN) on ``image``'s test view that INC (``options``: the
+    run's :class:`~ssodlib.methods.dtg_ssod.DTGOptions`) labels rightly and the sparse paradigm wrongly
+    (against the IoU assignment to ``gt_boxes``), best teacher score first; and the sparse pseudo boxes with
+    their labels, all in image pixels. The paper's two cases are a poor proposal the sparse paradigm makes
+    foreground and a precise one it makes background."""
+    from ssodlib.methods import dtg_ssod as dtg
+    from ssodlib.methods.rcnn_passes import select_pseudo_labels
+
+    view, matrix = weak_view(image, WeakViewConfig(scales=(test_scale,), max_size=max_size, flip_prob=0.0),
+                             torch.Generator())
+    t = dtg._teacher_outputs(teacher, [view], max_proposals=options.rcnn_max_proposals)
+    iou = teacher.config.nms_thresh if options.rcnn_nms_iou is None else options.rcnn_nms_iou
+    st, props = dtg.rcnn_inc(t, 0, torch.eye(3), view.shape[1:], tau=options.rcnn_tau, iou=iou)
+    boxes, labels, _ = select_pseudo_labels(t.detections[0], score_thresh=options.sparse_threshold)
+    props, boxes = props.float().cpu(), boxes.float().cpu()
+    fg_iou = teacher.config.roi_iou_threshold
+    sparse = dtg.iou_assignment(props, boxes, labels.cpu(), iou_threshold=fg_iou)
+    gt_view = transform_boxes(gt_boxes.float(), matrix)
+    truth = dtg.iou_assignment(props, gt_view, gt_labels, iou_threshold=fg_iou)
+    dense, score = st.labels.cpu(), t.roi_logits[0].softmax(-1)[:, 1:].amax(1).cpu()
+    pseudo_iou = box_iou(props, boxes).amax(1) if len(boxes) else torch.zeros(len(props))
+    inv = torch.linalg.inv(matrix)
+    picked = torch.where((dense == truth) & (sparse != truth))[0]
+    picked = picked[torch.argsort(-score[picked], stable=True)]
+    examples = [AssignmentExample(transform_boxes(props[i:i + 1], inv)[0], int(dense[i]), int(sparse[i]), int(truth[i]),
+                                  float(score[i]), float(pseudo_iou[i])) for i in picked.tolist()]
+    return examples, transform_boxes(boxes, inv), labels.cpu()

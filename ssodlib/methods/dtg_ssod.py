@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
-from torchvision.ops import batched_nms, clip_boxes_to_image
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
 from ssodlib.config import Rule, check_ranges
 from ssodlib.data.batch import Batch
@@ -275,6 +275,76 @@ def scatter_by_priority(target: Tensor, priority: Tensor, size: int) -> Tensor:
     return out
 
 
+# -- diagnostics of Figures 3 and 4 ------------------------------------------------------------------
+RANK_MIN_GAP = 0.05  # two members whose IoUs differ by less are not ranked (a tie, our choice)
+
+
+def iou_assignment(proposals: Tensor, boxes: Tensor, labels: Tensor, *, iou_threshold: float) -> Tensor:
+    """The detector's RoI assignment of ``(N, 4)`` proposals to ``(K, 4)`` boxes of 0-based ``(K,)``
+    labels: the label + 1 of the box of largest IoU where that IoU is >= ``iou_threshold``, else 0
+    (background); ``(N,)``."""
+    out = torch.zeros(len(proposals), dtype=torch.int64, device=proposals.device)
+    if len(boxes) == 0 or len(proposals) == 0:
+        return out
+    iou = box_iou(proposals.float(), boxes.float().to(proposals.device))
+    best, index = iou.max(1)
+    fg = best >= iou_threshold
+    out[fg] = labels.to(proposals.device)[index[fg]].long() + 1
+    return out
+
+
+def assignment_agreement(dense: Tensor, sparse: Tensor, truth: Tensor) -> dict[str, int]:
+    """Fig. 3's comparison over identical samples, ``(N,)`` labels each (0 background, -1 ignored by
+    ``dense``: left out): per paradigm its foreground labels (``*_fg``) and the correct ones
+    (``*_tp``: the class ``truth`` gives), the true foreground (``gt_fg``), and the samples where the two
+    paradigms disagree, split by which one ``truth`` sides with (``*_right``; both wrong: neither)."""
+    use = dense >= 0
+    dense, sparse, truth = dense[use], sparse[use], truth[use]
+    differ = dense != sparse
+    return {"assign_samples": int(use.sum()), "assign_gt_fg": int((truth > 0).sum()),
+            "assign_dense_fg": int((dense > 0).sum()), "assign_dense_tp": int(((dense > 0) & (dense == truth)).sum()),
+            "assign_sparse_fg": int((sparse > 0).sum()),
+            "assign_sparse_tp": int(((sparse > 0) & (sparse == truth)).sum()),
+            "assign_differ": int(differ.sum()), "assign_differ_dense_right": int((differ & (dense == truth)).sum()),
+            "assign_differ_sparse_right": int((differ & (sparse == truth)).sum())}
+
+
+def member_quality(boxes: Tensor, cluster: Tensor, kept_boxes: Tensor, kept_labels: Tensor, gt_boxes: Tensor,
+                   gt_labels: Tensor, *, iou_threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Each cluster member's localization quality for Fig. 4: ``(Q, 4)`` member boxes of ``(Q,)`` clusters
+    (-1 none) whose ``(K, 4)`` kept boxes have 0-based ``(K,)`` labels. A cluster is judged when its kept
+    box overlaps a ground truth of its class by IoU >= ``iou_threshold`` (the one of largest IoU); its
+    members' quality is their IoU with that ground truth. Returns ``(Q,)`` quality and ``(Q,)`` clusters,
+    -1 where the member's cluster is not judged."""
+    quality = boxes.new_zeros(len(boxes)).float()
+    judged = torch.full((len(kept_boxes),), -1, dtype=torch.int64, device=boxes.device)
+    if len(kept_boxes) and len(gt_boxes):
+        iou = box_iou(kept_boxes.float(), gt_boxes.float().to(boxes.device))
+        iou[kept_labels.to(boxes.device)[:, None] != gt_labels.to(boxes.device)[None, :]] = -1.0
+        best, index = iou.max(1)
+        judged = torch.where(best >= iou_threshold, index, -1)
+    gt_of = torch.where(cluster >= 0, judged[cluster.clamp(min=0)], -1) if len(judged) else cluster.new_full(cluster.shape, -1)
+    has = gt_of >= 0
+    if has.any():
+        quality[has] = paired_iou(boxes[has].float(), gt_boxes.float().to(boxes.device)[gt_of[has]])
+    return quality, torch.where(has, cluster, -1)
+
+
+def rank_agreement(teacher: Tensor, student: Tensor, quality: Tensor, cluster: Tensor, *,
+                   min_gap: float = RANK_MIN_GAP) -> dict[str, int]:
+    """Fig. 4 as counts over the pairs of members of one cluster (``(Q,)`` clusters, -1: not judged)
+    whose ``(Q,)`` quality differs by at least ``min_gap``: ``rank_pairs``, and the pairs the ``(Q,)``
+    teacher and student scores order as the quality does (``rank_teacher_agree`` / ``rank_student_agree``;
+    a tied score agrees with neither order)."""
+    same = (cluster[:, None] == cluster[None, :]) & (cluster[:, None] >= 0)
+    gap = quality[:, None] - quality[None, :]
+    pairs = same & (gap >= min_gap)  # i better than j: each unordered pair once
+    t_gap = teacher.float()[:, None] - teacher.float()[None, :]
+    s_gap = student.float()[:, None] - student.float()[None, :]
+    return {"rank_pairs": int(pairs.sum()), "rank_teacher_agree": int((pairs & (t_gap > 0)).sum()),
+            "rank_student_agree": int((pairs & (s_gap > 0)).sum())}
+
+
 # -- per-stage assignments ------------------------------------------------------------------------
 @dataclass
 class StageTargets:
@@ -293,6 +363,7 @@ class StageTargets:
     kept_labels: Tensor
     kept_scores: Tensor
     scores: Tensor | None = None  # (S,) the teacher's score of each sample's candidate (GFL's quality option)
+    rm_boxes: Tensor | None = None  # (Q, 4) the members' own boxes in the teacher's view (Fig. 4's diagnostics)
 
 
 class DTGSSOD(TeacherStudentMethod):
@@ -329,6 +400,8 @@ class DTGSSOD(TeacherStudentMethod):
                       **student.roi_loss(rois.select(lab), samples.select(lab))}
         unsup = {**self._rpn_losses(student, ctx, t, batch, rpn.select(unl), sb, sparse),
                  **self._rcnn_losses(student, rois.select(unl), samples.select(unl), rcnn_rm)}
+        if rcnn_rm is not None:
+            self._log_ranks(ctx, rois.select(unl), rcnn_rm, batch)
         return JointLosses(supervised, unsup)
 
     # -- sparse-to-dense baseline ------------------------------------------------------------------
@@ -364,7 +437,20 @@ class DTGSSOD(TeacherStudentMethod):
             out.matched_index.append(torch.where(st.labels[keep] > 0, 0, -1))
             targets.append(st)
             self._log_rcnn(ctx, st, batch, b, mapped[keep])
+            self._log_assignments(ctx, t, batch, b, mapped[keep], st.labels[keep], student.config.roi_iou_threshold)
         return out, targets
+
+    def _log_assignments(self, ctx: StepContext, t: "TeacherOutputs", batch: Batch, b: int, props: Tensor,
+                         dense: Tensor, iou_threshold: float) -> None:
+        """Fig. 3 as counts: the identical proposals labelled by INC (``dense``) and by the sparse paradigm
+        (IoU assignment to the teacher's detections >= ``sparse_threshold``), each against the IoU
+        assignment to the withheld labels, all in the student's view."""
+        m, size = batch.teacher_to_student[b], batch.strong[b].shape[1:]
+        boxes, labels, _ = select_pseudo_labels(t.detections[b], score_thresh=self.options.sparse_threshold)
+        mapped, ok = to_student_view(boxes, m, size)
+        sparse = iou_assignment(props, mapped[ok], labels[ok], iou_threshold=iou_threshold)
+        truth = iou_assignment(props, batch.gt_strong_boxes[b], batch.gt_strong_labels[b], iou_threshold=iou_threshold)
+        ctx.stats.add_counts(**{f"dtg_{k}": v for k, v in assignment_agreement(dense, sparse, truth).items()})
 
     def _log_rcnn(self, ctx: StepContext, st: StageTargets, batch: Batch, b: int, props: Tensor) -> None:
         """INC's assignment as diagnostics: the kept boxes of the clusters (as pseudo boxes: per image and
@@ -403,6 +489,21 @@ class DTGSSOD(TeacherStudentMethod):
         if not clusters:
             return _zero_like(rois.class_logits)
         return rank_matching_loss(torch.cat(t_logits), torch.cat(s_logits), torch.cat(clusters), self.options.temperature)
+
+    @torch.no_grad()
+    def _log_ranks(self, ctx: StepContext, rois, targets: list[StageTargets], batch: Batch) -> None:
+        """Fig. 4 as counts: within each R-CNN cluster whose kept box finds a withheld box of its class
+        (IoU >= 0.5), the pairs of members ordered by the teacher's and by the student's target-class
+        logit against their boxes' IoU with that ground truth (teacher view)."""
+        start = 0
+        for b, (st, count) in enumerate(zip(targets, rois.counts)):
+            ok = st.rm_sample >= 0
+            student_logits = rois.class_logits[start + st.rm_sample[ok], st.rm_class[ok]].float()
+            start += count
+            quality, cluster = member_quality(st.rm_boxes[ok], st.rm_cluster[ok], st.kept_boxes, st.kept_labels,
+                                              batch.gt_weak_boxes[b], batch.gt_weak_labels[b])
+            agree = rank_agreement(st.rm_teacher[ok], student_logits, quality, cluster)
+            ctx.stats.add_counts(**{f"dtg_{k}": v for k, v in agree.items()})
 
     # -- RPN stage -----------------------------------------------------------------------------------
     def _rpn_losses(self, student: FasterRCNN, ctx: StepContext, t: "TeacherOutputs", batch: Batch,
@@ -575,7 +676,7 @@ def rcnn_inc(t: TeacherOutputs, b: int, matrix: Tensor, size: tuple[int, int], *
     st = StageTargets(labels, target, rm_teacher=logits[roi[cand], cls[cand] + 1], rm_sample=roi[cand],
                       rm_cluster=torch.where(kept_ok[cluster], cluster, -1), rm_class=cls[cand] + 1,
                       num_clusters=len(keep), kept_boxes=flat_boxes[kept], kept_labels=cls[kept],
-                      kept_scores=probs[kept])
+                      kept_scores=probs[kept], rm_boxes=flat_boxes[cand])
     return st, mapped_props
 
 

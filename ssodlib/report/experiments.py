@@ -20,7 +20,7 @@ from ssodlib.experiments.shipped import LayeredStore, is_shipped, report_store
 from ssodlib.experiments.store import default_results_dir
 from ssodlib.io import write_text
 from ssodlib.report import figures
-from ssodlib.report.runs import eval_curves, pseudo_label_means
+from ssodlib.report.runs import eval_curves, pseudo_label_means, with_pooled_rates
 
 
 @dataclass
@@ -218,14 +218,15 @@ def precision_per_iou(records: list[dict[str, Any]]) -> dict[float, float]:
 
 
 def _label(s: RunSpec) -> str:
-    return f"{s.row} {s.column} f{s.fold}"
+    """A run's name in a figure: row, column, fold and (when not 0) seed, so no two runs share it."""
+    return f"{s.row} {s.column} f{s.fold}" + (f" s{s.seed}" if s.seed else "")
 
 
 def _draw(plot: str, item: Item, specs: list[RunSpec], store: LayeredStore, path: Path) -> bool:
     done = [s for s in specs if store.is_complete(s.key)]
     if plot in LOG_CURVES:
         curves = LOG_CURVES[plot]
-        logs = {_label(s): [with_roi_rates(r) for r in read_metrics(store.run_dir(s.key)) if r.get("pl_images")]
+        logs = {_label(s): [with_pooled_rates(r) for r in read_metrics(store.run_dir(s.key)) if r.get("pl_images")]
                 for s in done}
         # only runs that logged the curves' keys (a supervised row has no pseudo labels, a baseline no pl_cm_*)
         logs = {k: v for k, v in logs.items() if any(key in r for r in v for key, _ in curves)}
@@ -246,6 +247,7 @@ def _draw(plot: str, item: Item, specs: list[RunSpec], store: LayeredStore, path
         bars = {}
         for s in done:
             final = store.get(s.key)["final"]
+            # one bar group per run: the columns of a table such as RPL's Table 4 share their runs
             bars.setdefault(f"{s.row} f{s.fold}" + (f" s{s.seed}" if s.seed else ""),
                             {c: None if v is None else 100.0 * v
                              for c, v in final[_model_in(final, item, s.row)]["per_class_ap"].items()})
@@ -275,20 +277,10 @@ def _draw(plot: str, item: Item, specs: list[RunSpec], store: LayeredStore, path
     raise ValueError(f"unknown plot {plot!r}: one of {PLOTS}")
 
 
-def with_roi_rates(record: dict[str, Any]) -> dict[str, Any]:
-    """A train record with its RoI counts (``roi_tp`` / ``roi_fp`` / ``roi_fn`` of the log window) as
-    per-image rates and their precision, the keys of ``figures.ROI_CURVES``."""
-    if "roi_tp" not in record or not record.get("pl_images"):
-        return record
-    out = {**record, **{f"{k}_per_image": record[k] / record["pl_images"] for k in ("roi_tp", "roi_fp", "roi_fn")}}
-    fg = record["roi_tp"] + record["roi_fp"]
-    out["roi_precision"] = record["roi_tp"] / fg if fg else float("nan")
-    return out
-
-
 LOG_CURVES = {"pseudo_label_curves": figures.CURVES, "pseudo_label_curves_vs_ground_truth": figures.CURVES_VS_GROUND_TRUTH,
-              "roi_curves": figures.ROI_CURVES, "soft_roi_curves": figures.SOFT_ROI_CURVES}
-INSPECTIONS = ("cluster_quality", "detections", "detections_nms")
+              "roi_curves": figures.ROI_CURVES, "soft_roi_curves": figures.SOFT_ROI_CURVES,
+              "dtg_assignment_curves": figures.DTG_ASSIGNMENT_CURVES, "dtg_rank_curves": figures.DTG_RANK_CURVES}
+INSPECTIONS = ("cluster_quality", "detections", "detections_nms", "dtg_assignment_examples")
 PLOTS = (*LOG_CURVES, "eval_curves", "ap_per_iou", "per_class_ap", "pseudo_label_precision_per_iou", "class_distribution",
          "metric_bars", *INSPECTIONS)
 CLUSTER_IMAGES = 200  # unlabeled images whose kept boxes make the cluster-quality scatter (paper: 5000)
@@ -304,6 +296,8 @@ def _draw_inspection(plot: str, item: Item, done: list[RunSpec], store: LayeredS
 
     if not done:
         return False
+    if plot == "dtg_assignment_examples":
+        return _draw_assignment_examples(done, item, store, path)
     if plot == "cluster_quality":
         detector, _, data, config = _run_detector(done[0], item, store, unlabeled=True)
         images = inspection.detect_images(detector, data, inspection.spread_indices(len(data), CLUSTER_IMAGES),
@@ -316,6 +310,40 @@ def _draw_inspection(plot: str, item: Item, done: list[RunSpec], store: LayeredS
                                           test_scale=config.test_scale, max_size=config.max_size)
         panels[f"{_label(s)} ({model})"] = [p for im in images for p in _panels(plot, im)]
     return figures.detection_grid(panels, path=path)
+
+
+ASSIGNMENT_IMAGES = 40  # unlabeled images searched for DTG Fig. 3's two cases
+
+
+def _draw_assignment_examples(done: list[RunSpec], item: Item, store: LayeredStore, path: Path) -> bool:
+    """DTG-SSOD Fig. 3 from the first DTG run: on its unlabeled images, a proposal the sparse paradigm
+    makes foreground wrongly (1) and one it makes background wrongly (2), where INC is right: the
+    proposal white, the sparse pseudo boxes red, the ground truth green."""
+    from ssodlib.experiments import inspection
+    from ssodlib.methods import get_method
+
+    runs = [s for s in done if s.config.method == "dtg_ssod"]
+    if not runs:
+        return False
+    detector, _, data, config = _run_detector(runs[0], item, store, unlabeled=True)
+    options = get_method(config.method)(options=config.method_options).options
+    cases = {"(1) sparse: foreground, INC: background": lambda e: e.sparse > 0 and e.dense == 0,
+             "(2) sparse: background, INC: foreground": lambda e: e.sparse == 0 and e.dense > 0}
+    panels: dict[str, list[dict[str, Any]]] = {}
+    for i in inspection.spread_indices(len(data), ASSIGNMENT_IMAGES):
+        image, target = data[i]
+        examples, pseudo, _ = inspection.assignment_examples(detector, image, target["boxes"], target["labels"],
+                                                             options=options, test_scale=config.test_scale,
+                                                             max_size=config.max_size)
+        for case, wanted in cases.items():
+            e = next((e for e in examples if wanted(e)), None)
+            if e is not None and case not in panels:
+                boxes = [(*b.tolist(), "red") for b in pseudo] + [(*b.tolist(), "lime") for b in target["boxes"].float()]
+                panels[case] = [{"image": image, "boxes": [*boxes, (*e.proposal.tolist(), "white")],
+                                 "title": f"teacher p {e.teacher_score:.2f}, IoU with pseudo box {e.pseudo_iou:.2f}"}]
+        if len(panels) == len(cases):
+            break
+    return figures.detection_grid({case: panels[case] for case in cases if case in panels}, path=path)
 
 
 def _run_detector(s: RunSpec, item: Item, store: LayeredStore, *, unlabeled: bool):

@@ -29,6 +29,18 @@ SOFT_ROI_CURVES = (("pl_cm_soft_rois_per_image", "soft-branch RoIs per image"),
                    ("pl_cm_soft_only_rois_per_image", "soft-only RoIs per image"),
                    ("pl_cm_tp_hard_only_per_image", "TP RoIs: hard only"), ("pl_cm_tp_both_per_image", "TP RoIs: both"),
                    ("pl_cm_tp_soft_only_per_image", "TP RoIs: soft only"))
+# DTG-SSOD Fig. 3: the R-CNN samples labelled by INC (dense) and by IoU to the teacher's sparse pseudo boxes,
+# against the IoU assignment to the withheld labels
+DTG_ASSIGNMENT_CURVES = (("pl_dtg_assign_dense_precision", "foreground-label precision: INC (dense)"),
+                         ("pl_dtg_assign_sparse_precision", "foreground-label precision: sparse pseudo boxes"),
+                         ("pl_dtg_assign_dense_recall", "foreground-label recall: INC (dense)"),
+                         ("pl_dtg_assign_sparse_recall", "foreground-label recall: sparse pseudo boxes"),
+                         ("pl_dtg_assign_differ_dense_right", "where they differ: INC right"),
+                         ("pl_dtg_assign_differ_sparse_right", "where they differ: sparse right"))
+# DTG-SSOD Fig. 4: pairs of a cluster's members ordered as their IoU with the ground truth
+DTG_RANK_CURVES = (("pl_dtg_rank_teacher_accuracy", "pairs ranked as localization: teacher"),
+                   ("pl_dtg_rank_student_accuracy", "pairs ranked as localization: student"),
+                   ("pl_dtg_rank_pairs_per_image", "judged pairs per image"))
 
 
 def _pyplot():

@@ -32,6 +32,18 @@ POOLED_KEYS = {
     "roi_fn_per_image": ("roi_fn", "pl_images"), "roi_precision": ("roi_tp", ("roi_tp", "roi_fp")),
     **{f"pl_dtg_{stage}_members_per_cluster": (f"pl_dtg_{stage}_members_per_image", f"pl_dtg_{stage}_clusters_per_image")
        for stage in ("rpn", "rcnn", "gfl")},
+    # DTG-SSOD's Fig. 3: INC's and the sparse paradigm's labels of the same R-CNN samples against the
+    # IoU assignment to the withheld labels (precision / recall of the foreground labels, who is right
+    # where they differ); Fig. 4: pairs of cluster members ranked as their localization by each model
+    **{f"pl_dtg_assign_{p}_precision": (f"pl_dtg_assign_{p}_tp_per_image", f"pl_dtg_assign_{p}_fg_per_image")
+       for p in ("dense", "sparse")},
+    **{f"pl_dtg_assign_{p}_recall": (f"pl_dtg_assign_{p}_tp_per_image", "pl_dtg_assign_gt_fg_per_image")
+       for p in ("dense", "sparse")},
+    "pl_dtg_assign_differ_share": ("pl_dtg_assign_differ_per_image", "pl_dtg_assign_samples_per_image"),
+    **{f"pl_dtg_assign_differ_{p}_right": (f"pl_dtg_assign_differ_{p}_right_per_image", "pl_dtg_assign_differ_per_image")
+       for p in ("dense", "sparse")},
+    **{f"pl_dtg_rank_{m}_accuracy": (f"pl_dtg_rank_{m}_agree_per_image", "pl_dtg_rank_pairs_per_image")
+       for m in ("teacher", "student")},
 }
 
 
@@ -46,6 +58,21 @@ def pseudo_label_means(records: list[dict[str, Any]]) -> dict[str, float]:
         value = _pooled(logs, num, den if isinstance(den, tuple) else (den,))
         if value is not None:
             out[name] = round(value, 3)
+    return out
+
+
+def with_pooled_rates(record: dict[str, Any]) -> dict[str, Any]:
+    """A train record with the ratios of ``POOLED_KEYS`` over its own log window added (e.g. ``roi_tp``
+    as ``roi_tp_per_image`` and ``roi_precision``: the curves of ``figures.ROI_CURVES``); NaN where the
+    window has the keys but a zero denominator."""
+    if not record.get("pl_images"):
+        return record
+    out = dict(record)
+    for name, (num, den) in POOLED_KEYS.items():
+        den = den if isinstance(den, tuple) else (den,)
+        if all(k in record for k in (num, *den)):
+            value = _pooled([record], num, den)
+            out[name] = math.nan if value is None else value
     return out
 
 

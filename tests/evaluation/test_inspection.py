@@ -128,3 +128,30 @@ def test_quality_summary_golden():
         assert out[f"p>={t}_per_image"] == 3 and out[f"pv>={t}_per_image"] == 2
     both = quality_summary(detector, dataset, [0, 1], test_scale=40, max_size=40)  # counts are per image
     assert both["detections_p>=0.5_per_image"] == 3 and both["pv>=0.7_per_image"] == 2
+
+
+def test_dtg_assignment_examples_are_proposals_inc_labels_rightly_and_the_sparse_paradigm_wrongly():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "methods"))
+    from tiny_setup import tiny_detector
+
+    from ssodlib.experiments.inspection import assignment_examples
+    from ssodlib.methods.dtg_ssod import DTGOptions
+
+    # untrained teacher (class probabilities near 1/4): with rcnn_tau 0.99 INC labels every proposal
+    # background, with sparse_threshold 0 every detection is a pseudo box; the one ground-truth box sits in a
+    # corner, so the proposals on pseudo boxes elsewhere are sparse-foreground, truly background
+    teacher = tiny_detector().eval()
+    image = torch.randint(0, 256, (3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    examples, pseudo, labels = assignment_examples(
+        teacher, image, torch.tensor([[0.0, 0.0, 6.0, 6.0]]), torch.tensor([0]),
+        options=DTGOptions(rcnn_tau=0.99, sparse_threshold=0.0), test_scale=128, max_size=256)
+    assert examples and len(pseudo) == len(labels) > 0
+    assert all(e.dense == e.truth == 0 and e.sparse > 0 and e.pseudo_iou >= 0.5 for e in examples)
+    scores = [e.teacher_score for e in examples]
+    assert scores == sorted(scores, reverse=True)
+    # the 128 px view's boxes come back in the 64 px image's pixels
+    assert all(0 <= float(v) <= 64 for e in examples for v in e.proposal)
+    assert float(pseudo.max()) <= 64

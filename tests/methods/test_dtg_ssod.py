@@ -275,6 +275,64 @@ def test_smoke_training_runs_and_logs_inc_diagnostics(smoke_benchmark, tmp_path)
     after = [r for r in read_metrics(tmp_path) if r["kind"] == "train" and r["iteration"] > config.burn_in]
     assert after and all(math.isfinite(r["loss"]) for r in after)
     assert all("pl_dtg_rcnn_clusters_per_image" in r and "loss_rpn_cls_unsup" in r for r in after)
+    # Figures 3-4's counts are logged by the dense R-CNN stage and are consistent
+    assert all(f"pl_dtg_{k}_per_image" in r for r in after for k in ("assign_samples", "assign_dense_tp",
+                                                                      "assign_sparse_fg", "rank_pairs"))
+    for r in after:
+        assert r["pl_dtg_assign_dense_tp_per_image"] <= r["pl_dtg_assign_dense_fg_per_image"] <= r["pl_dtg_assign_samples_per_image"]
+        assert r["pl_dtg_rank_teacher_agree_per_image"] <= r["pl_dtg_rank_pairs_per_image"]
+
+
+# -- Figures 3-4: the diagnostics -----------------------------------------------------------------------
+def test_iou_assignment_takes_the_box_of_largest_iou_at_the_threshold():
+    # proposal 0 = box A (IoU 1, class 2 -> label 3); proposal 1 (0,0,10,5) has IoU 50/100 = 0.5 with A:
+    # foreground at >= 0.5; proposal 2 overlaps B (20,0,30,10) by (22..30)x10 = 80 / 100 = 0.8 -> B's class
+    # 0 -> label 1; proposal 3 touches nothing -> background
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 0, 30, 10]])
+    labels = torch.tensor([2, 0])
+    props = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [22, 0, 30, 10], [50, 50, 60, 60]])
+    assert dtg.iou_assignment(props, boxes, labels, iou_threshold=0.5).tolist() == [3, 3, 1, 0]
+    assert dtg.iou_assignment(props, boxes, labels, iou_threshold=0.6).tolist() == [3, 0, 1, 0]
+    assert dtg.iou_assignment(props, boxes[:0], labels[:0], iou_threshold=0.5).tolist() == [0, 0, 0, 0]
+
+
+def test_assignment_agreement_counts_each_paradigm_against_the_truth():
+    # sample:  0  1  2  3  4  5(ignored by INC)
+    # dense:   1  0  2  1  0  -1
+    # sparse:  1  1  0  2  0   1
+    # truth:   1  0  2  2  0   1
+    # dense fg {0,2,3}, correct {0,2}; sparse fg {0,1,3}, correct {0,3}; true fg {0,2,3};
+    # they differ on 1 (dense right), 2 (dense right), 3 (sparse right)
+    out = dtg.assignment_agreement(torch.tensor([1, 0, 2, 1, 0, -1]), torch.tensor([1, 1, 0, 2, 0, 1]),
+                                   torch.tensor([1, 0, 2, 2, 0, 1]))
+    assert out == {"assign_samples": 5, "assign_gt_fg": 3, "assign_dense_fg": 3, "assign_dense_tp": 2,
+                   "assign_sparse_fg": 3, "assign_sparse_tp": 2, "assign_differ": 3,
+                   "assign_differ_dense_right": 2, "assign_differ_sparse_right": 1}
+
+
+def test_member_quality_judges_clusters_on_a_ground_truth_of_their_class():
+    # cluster 0's kept box (0,0,10,10) class 0 matches GT 0 (class 0) at IoU 1; cluster 1's kept box is class 1
+    # but the only class-1 GT is far away -> not judged. Members: (0,0,10,10) IoU 1; (0,0,10,5) IoU 0.5;
+    # (0,0,10,8) IoU 0.8; the member of cluster 1 and the member of no cluster get -1
+    kept = torch.tensor([[0.0, 0, 10, 10], [20, 0, 30, 10]])
+    members = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [0, 0, 10, 8], [20, 0, 30, 10], [0, 0, 4, 4]])
+    quality, cluster = dtg.member_quality(members, torch.tensor([0, 0, 0, 1, -1]), kept, torch.tensor([0, 1]),
+                                          torch.tensor([[0.0, 0, 10, 10], [60, 60, 70, 70]]), torch.tensor([0, 1]))
+    assert cluster.tolist() == [0, 0, 0, -1, -1]
+    assert quality[:3].tolist() == pytest.approx([1.0, 0.5, 0.8])
+
+
+def test_rank_agreement_counts_ordered_pairs_within_clusters():
+    # cluster 0: qualities 1.0, 0.5, 0.8 -> pairs (0>1), (0>2), (2>1), all gaps >= 0.05;
+    #   teacher scores 3, 1, 2 order all three right; student 1, 3, 2 orders none right
+    # cluster 1: qualities 0.60 and 0.62 (gap 0.02 < 0.05): no pair; member 5 in no judged cluster
+    out = dtg.rank_agreement(torch.tensor([3.0, 1, 2, 5, 4, 9]), torch.tensor([1.0, 3, 2, 4, 5, 9]),
+                             torch.tensor([1.0, 0.5, 0.8, 0.60, 0.62, 0.9]), torch.tensor([0, 0, 0, 1, 1, -1]))
+    assert out == {"rank_pairs": 3, "rank_teacher_agree": 3, "rank_student_agree": 0}
+    # a tied score orders neither way
+    tied = dtg.rank_agreement(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 1.0]), torch.tensor([0.9, 0.5]),
+                              torch.tensor([0, 0]))
+    assert tied == {"rank_pairs": 1, "rank_teacher_agree": 0, "rank_student_agree": 1}
 
 
 # -- GFL (Table 3c) ------------------------------------------------------------------------------------

@@ -311,15 +311,19 @@ def test_roi_and_eval_curves_draw_the_logged_counts_and_the_evaluations(tmp_path
     (papers / "pub").mkdir()
     plots = "plots: [pseudo_label_curves, ap_per_iou, class_distribution]"
     (papers / "rep" / "experiments.yaml").write_text(
-        EXPERIMENTS.replace(plots, "plots: [roi_curves, soft_roi_curves, eval_curves]"))
+        EXPERIMENTS.replace(plots, "plots: [roi_curves, soft_roi_curves, eval_curves, dtg_assignment_curves, dtg_rank_curves]"))
     (papers / "pub" / "reference.yaml").write_text(REFERENCE)
     monkeypatch.setenv("SSOD_PAPERS_DIR", str(papers))
     items = plan_items("rep", "fig", "smoke")
     store = ResultsStore(tmp_path / "results")
     specs = {(s.row, s.column): s for s in items["fig"]}
     log = [  # window 1: 2 images, 6 TP / 2 FP / 1 FN RoIs; window 2: 4 images, 2 / 2 / 4
+        # window 1 also has DTG's Fig. 3-4 counts per image: INC 3 of 4 foreground labels right, 5 true
+        # foreground samples; 2 judged pairs, 1.5 ordered right by the teacher
         {"iteration": 3, "kind": "train", "pl_images": 2, "pl_per_image": 1.0, "gt_per_image": 2.0,
-         "roi_tp": 6, "roi_fp": 2, "roi_fn": 1},
+         "roi_tp": 6, "roi_fp": 2, "roi_fn": 1, "pl_dtg_assign_dense_tp_per_image": 3.0,
+         "pl_dtg_assign_dense_fg_per_image": 4.0, "pl_dtg_assign_gt_fg_per_image": 5.0,
+         "pl_dtg_rank_pairs_per_image": 2.0, "pl_dtg_rank_teacher_agree_per_image": 1.5},
         {"iteration": 4, "kind": "eval", "student": {"ap": 0.10}, "teacher": {"ap": 0.15}},
         {"iteration": 5, "kind": "train", "pl_images": 4, "pl_per_image": 1.0, "gt_per_image": 2.0,
          "roi_tp": 2, "roi_fp": 2, "roi_fn": 4},
@@ -335,7 +339,13 @@ def test_roi_and_eval_curves_draw_the_logged_counts_and_the_evaluations(tmp_path
     out = tmp_path / "report"
     report = render(items, paper="rep", scale="smoke", results_dir=store.root, out_dir=out)
     # no run logged CrossMatch's pl_cm_* counts: that figure is not drawn
-    assert set(report.figures) == {"fig_roi_curves", "fig_eval_curves"}
+    assert set(report.figures) == {"fig_roi_curves", "fig_eval_curves", "fig_dtg_assignment_curves", "fig_dtg_rank_curves"}
+    dense = pd.read_csv(out / "fig_dtg_assignment_curves.csv")
+    value = {(r["curve"], r["iteration"]): r["value"] for r in dense.to_dict("records")}
+    assert value["pl_dtg_assign_dense_precision", 3] == 0.75 and value["pl_dtg_assign_dense_recall", 3] == 0.6  # 3/4, 3/5
+    rank = pd.read_csv(out / "fig_dtg_rank_curves.csv")
+    value = {(r["curve"], r["iteration"]): r["value"] for r in rank.to_dict("records")}
+    assert value["pl_dtg_rank_teacher_accuracy", 3] == 0.75  # 1.5 / 2
     roi = pd.read_csv(out / "fig_roi_curves.csv")
     assert set(roi["run"]) == {"PL 1% f1"}  # the supervised run logged no RoI counts
     value = {(r["curve"], r["iteration"]): r["value"] for r in roi.to_dict("records")}

@@ -138,3 +138,18 @@ def test_pooled_diagnostics_are_ratios_of_sums_over_the_logs():
     assert m["pl_dtg_rcnn_members_per_cluster"] == 2.0  # (12 + 6) / (3 + 6)
     assert m["pl_dtg_rcnn_clusters_per_image"] == 1.25 and "pl_dtg_rpn_members_per_cluster" not in m
     assert pseudo_label_means([{"pl_images": 3, "roi_tp": 0, "roi_fp": 0}]).get("roi_precision") is None
+
+
+def test_a_record_gets_the_pooled_rates_of_its_own_window():
+    from ssodlib.report.runs import with_pooled_rates
+
+    # 4 images, 6 TP and 2 FP RoIs, 2 FN: 1.5 / 0.5 / 0.5 per image, precision 6 / 8; DTG: the sparse
+    # paradigm labels 2 foreground samples per image, none right (precision 0 / 2), and differs from INC on
+    # 0 samples (no denominator: NaN); keys the window lacks stay absent
+    out = with_pooled_rates({"pl_images": 4, "roi_tp": 6, "roi_fp": 2, "roi_fn": 2,
+                             "pl_dtg_assign_sparse_tp_per_image": 0.0, "pl_dtg_assign_sparse_fg_per_image": 2.0,
+                             "pl_dtg_assign_differ_per_image": 0.0, "pl_dtg_assign_differ_dense_right_per_image": 0.0})
+    assert (out["roi_tp_per_image"], out["roi_fp_per_image"], out["roi_fn_per_image"]) == (1.5, 0.5, 0.5)
+    assert out["roi_precision"] == 0.75 and out["pl_dtg_assign_sparse_precision"] == 0.0
+    assert math.isnan(out["pl_dtg_assign_differ_dense_right"]) and "pl_dtg_rank_teacher_accuracy" not in out
+    assert with_pooled_rates({"pl_images": 0, "roi_tp": 1}) == {"pl_images": 0, "roi_tp": 1}
