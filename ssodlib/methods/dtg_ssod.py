@@ -364,6 +364,7 @@ class StageTargets:
     kept_scores: Tensor
     scores: Tensor | None = None  # (S,) the teacher's score of each sample's candidate (GFL's quality option)
     rm_boxes: Tensor | None = None  # (Q, 4) the members' own boxes in the teacher's view (Fig. 4's diagnostics)
+    rm_scores: Tensor | None = None  # (Q,) the teacher's probability of the members' class (Fig. 4's diagnostics)
 
 
 class DTGSSOD(TeacherStudentMethod):
@@ -493,16 +494,18 @@ class DTGSSOD(TeacherStudentMethod):
     @torch.no_grad()
     def _log_ranks(self, ctx: StepContext, rois, targets: list[StageTargets], batch: Batch) -> None:
         """Fig. 4 as counts: within each R-CNN cluster whose kept box finds a withheld box of its class
-        (IoU >= 0.5), the pairs of members ordered by the teacher's and by the student's target-class
-        logit against their boxes' IoU with that ground truth (teacher view)."""
+        (IoU >= 0.5), the pairs of members ordered by the teacher's and by the student's probability of
+        the cluster's class (the score NMS ranks by) against their boxes' IoU with that ground truth
+        (teacher view)."""
         start = 0
         for b, (st, count) in enumerate(zip(targets, rois.counts)):
             ok = st.rm_sample >= 0
-            student_logits = rois.class_logits[start + st.rm_sample[ok], st.rm_class[ok]].float()
+            probs = rois.class_logits[start:start + count].float().softmax(-1)
+            student_scores = probs[st.rm_sample[ok], st.rm_class[ok]]
             start += count
             quality, cluster = member_quality(st.rm_boxes[ok], st.rm_cluster[ok], st.kept_boxes, st.kept_labels,
                                               batch.gt_weak_boxes[b], batch.gt_weak_labels[b])
-            agree = rank_agreement(st.rm_teacher[ok], student_logits, quality, cluster)
+            agree = rank_agreement(st.rm_scores[ok], student_scores, quality, cluster)
             ctx.stats.add_counts(**{f"dtg_{k}": v for k, v in agree.items()})
 
     # -- RPN stage -----------------------------------------------------------------------------------
@@ -676,7 +679,7 @@ def rcnn_inc(t: TeacherOutputs, b: int, matrix: Tensor, size: tuple[int, int], *
     st = StageTargets(labels, target, rm_teacher=logits[roi[cand], cls[cand] + 1], rm_sample=roi[cand],
                       rm_cluster=torch.where(kept_ok[cluster], cluster, -1), rm_class=cls[cand] + 1,
                       num_clusters=len(keep), kept_boxes=flat_boxes[kept], kept_labels=cls[kept],
-                      kept_scores=probs[kept], rm_boxes=flat_boxes[cand])
+                      kept_scores=probs[kept], rm_boxes=flat_boxes[cand], rm_scores=probs[cand])
     return st, mapped_props
 
 
