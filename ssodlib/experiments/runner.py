@@ -78,7 +78,9 @@ def _put_record(spec: RunSpec, config, final: dict[str, Any], *, store: ResultsS
     record = {"paper": spec.paper, "item": spec.item, "row": spec.row, "column": spec.column, "fold": spec.fold,
               "config": config_dict(spec.config), "final": final, "run_dir": str(out.relative_to(store.root)),
               "wall_seconds": seconds, "processes": processes, "host": platform.node(),
-              "torch": torch.__version__, "device": config.device, "threads": config.threads,
+              "torch": torch.__version__, "device": config.device,
+              # the intra-op threads the run had (its config's, else what OMP_NUM_THREADS or the cores gave)
+              "threads": config.threads or torch.get_num_threads(),
               "commit": commit, "machine": machine(config.device),
               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "started_from": config.init_from and str(config.init_from)}
