@@ -31,6 +31,13 @@ dense candidates into clusters, and the student learns that grouping directly ("
   GFL's losses keep its normalisation (QFL / positives; GIoU, DFL weighted by the predicted score).
   ``gfl_mode: sparse``: the teacher's detections above ``gfl_sparse_threshold`` with ATSS.
 
+* Figures 3-4 (single examples in the paper) as training-log diagnostics of the dense R-CNN stage, our
+  quantitative reading: the same teacher proposals labelled by INC and by IoU to the sparse pseudo boxes,
+  each against the IoU assignment to the withheld labels (:func:`iou_assignment`,
+  :func:`assignment_agreement`); pairs of a cluster's members ordered by the teacher's and by the student's
+  class probability against their boxes' IoU with the cluster's ground truth (:func:`member_quality`,
+  :func:`rank_agreement`; members closer than ``RANK_MIN_GAP`` in IoU are not ranked, our choice).
+
 No official code exists (the authors' repository is a placeholder). Facts taken from the authors'
 previous method PseCo where the paper is silent: the teacher's proposals are the student's R-CNN
 input, boxes mapped by the views' matrices; R-CNN focal loss normalised by the number of samples.
