@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ssodlib.engine.run_folder import CHECKPOINT_NAME, read_metrics
+from ssodlib.engine.run_folder import CHECKPOINT_NAME, METRICS_NAME, read_metrics
 from ssodlib.evaluation.pseudo_labels import PRECISION_IOUS
 from ssodlib.experiments.plan import Item, RunSpec, load_declarations
 from ssodlib.experiments.reference import published
@@ -222,6 +222,11 @@ def _label(s: RunSpec) -> str:
     return f"{s.row} {s.column} f{s.fold}" + (f" s{s.seed}" if s.seed else "")
 
 
+def _has_metrics(run_dir: Path) -> bool:
+    """Whether a run folder has a metrics log (plain, or compressed as shipped runs have it)."""
+    return (run_dir / METRICS_NAME).is_file() or (run_dir / f"{METRICS_NAME}.gz").is_file()
+
+
 def _draw(plot: str, item: Item, specs: list[RunSpec], store: LayeredStore, path: Path) -> bool:
     done = [s for s in specs if store.is_complete(s.key)]
     if plot in LOG_CURVES:
@@ -232,7 +237,7 @@ def _draw(plot: str, item: Item, specs: list[RunSpec], store: LayeredStore, path
         logs = {k: v for k, v in logs.items() if any(key in r for r in v for key, _ in curves)}
         return bool(logs) and figures.pseudo_label_curves(logs, path=path, curves=curves)
     if plot == "eval_curves":  # the item's metric of its model at every evaluation (CrossMatch Fig. 3a-b)
-        runs = [s for s in done if read_metrics(store.run_dir(s.key))]
+        runs = [s for s in done if _has_metrics(store.run_dir(s.key))]
         frame = eval_curves([store.run_dir(s.key) for s in runs], model=item.model, metric=item.metric,
                             names=[_label(s) for s in runs])
         return bool(runs) and figures.eval_curves(frame, metric=f"{item.metric} ({item.model})", path=path)
