@@ -46,6 +46,8 @@ class TrainConfig:
     test_scale: int = 256
     max_size: int = 480
     geometric_jitter: bool = False
+    # Soft Teacher's student view: its own random resize and flip (from train_scales), not the teacher's
+    independent_student_view: bool = False
     # the student's photometric augmentations (a subset of STRONG_AUGMENTATIONS; Rethinking PL's Table 6):
     # "color" is colour jitter with random grayscale, "blur" Gaussian blur, "cutout" the erasing passes
     strong_augment: tuple[str, ...] = ("color", "blur", "cutout")

@@ -152,6 +152,9 @@ class StrongViewConfig:
         CutoutPass(prob=0.3, scale=(0.02, 0.2), ratio=(0.05, 8.0)),
     )
     geometric: bool = False
+    # Soft Teacher's (DTG-SSOD's recipe): the student's view takes its own random resize and flip of the
+    # image (the weak view's scales) instead of the teacher's, so the two views differ in size
+    independent_resize: bool = False
     translate: float = 0.1  # fraction of the image side
     rotate: float = 30.0  # degrees
     shear: float = 30.0  # degrees
@@ -268,8 +271,10 @@ class TeacherStudentViews:
 def teacher_student_views(image: Tensor, *, weak: WeakViewConfig, strong: StrongViewConfig,
                           g: torch.Generator) -> TeacherStudentViews:
     """The teacher's weak view and the student's strong view of one image. Both share the weak
-    view's flip and resize (as in Unbiased Teacher and Soft Teacher); the strong view adds photometric
-    noise and, optionally, its own geometric jitter."""
+    view's flip and resize (as in Unbiased Teacher), unless ``strong.independent_resize`` (Soft Teacher:
+    the student's own resize and flip, drawn after the teacher's); the strong view adds photometric noise
+    and, optionally, its own geometric jitter."""
     weak_img, weak_m = weak_view(image, weak, g)
-    strong_img, jitter_m = strong_view(weak_img, strong, g)
-    return TeacherStudentViews(weak=weak_img, weak_matrix=weak_m, strong=strong_img, strong_matrix=jitter_m @ weak_m)
+    base, base_m = weak_view(image, weak, g) if strong.independent_resize else (weak_img, weak_m)
+    strong_img, jitter_m = strong_view(base, strong, g)
+    return TeacherStudentViews(weak=weak_img, weak_matrix=weak_m, strong=strong_img, strong_matrix=jitter_m @ base_m)

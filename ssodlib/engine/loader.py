@@ -206,7 +206,8 @@ class KeyedBatches:
 
 def strong_view_config(config: TrainConfig) -> StrongViewConfig:
     """The student's strong view with only the photometric augmentations of ``config.strong_augment``
-    (Rethinking PL's Table 6 switches them off one by one), plus the geometric jitter when set."""
+    (Rethinking PL's Table 6 switches them off one by one), plus the geometric jitter and the student's own
+    resize when set."""
     keep = set(config.strong_augment)
     off: dict = {}
     if "color" not in keep:
@@ -215,7 +216,7 @@ def strong_view_config(config: TrainConfig) -> StrongViewConfig:
         off.update(blur_prob=0.0)
     if "cutout" not in keep:
         off.update(cutouts=())
-    return StrongViewConfig(geometric=config.geometric_jitter, **off)
+    return StrongViewConfig(geometric=config.geometric_jitter, independent_resize=config.independent_student_view, **off)
 
 
 def build_loader(config: TrainConfig, files: DataFiles, *, labeled: CocoDetection, uses_unlabeled: bool,

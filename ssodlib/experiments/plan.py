@@ -73,7 +73,7 @@ RUNTIME_FIELDS = frozenset({"data_root", "device", "num_workers", "threads", "ev
 # every run that does not set them stays what it was (a key names what a run computes, and these
 # defaults compute what the run computed before the field existed)
 KEY_NEUTRAL_DEFAULTS: dict[str, Any] = {"strong_augment": ("color", "blur", "cutout"),
-                                         "ensemble_with": ()}
+                                         "ensemble_with": (), "independent_student_view": False}
 
 # (required, optional) keys of each part of a declaration, as the module docstring describes them
 FILE_KEYS = (frozenset({"items"}), frozenset({"paper", "title"}))

@@ -3,6 +3,8 @@ teacher-to-student box mapping the pseudo-label path relies on."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -359,6 +361,28 @@ def test_teacher_boxes_map_into_student_view():
             _assert_hull_agrees(student_box, hull)
     assert all(n > 0 for n in seen.values()), seen
     assert 0 < flips < 20 and 0 < sizes < 20
+
+
+def test_an_independent_student_view_has_its_own_size_and_flip_and_boxes_still_map():
+    # Soft Teacher's student view: scales 160 / 80 and flip 0.5 drawn again for the student; the teacher's
+    # rectangle, mapped by teacher_to_student, lands on the student's rectangle (scales halve exactly)
+    img = _rect_image(TS_H, TS_W, TS_RECT)
+    weak_cfg = WeakViewConfig(scales=(TS_H, TS_H // 2), flip_prob=0.5)
+    strong = dataclasses.replace(GEOMETRIC_ONLY, geometric=False, independent_resize=True)
+    sizes_differ = flips_differ = 0
+    for seed in range(20):
+        views = teacher_student_views(img, weak=weak_cfg, strong=strong, g=torch.Generator().manual_seed(seed))
+        sizes_differ += int(views.strong.shape != views.weak.shape)
+        flips_differ += int((views.weak_matrix[0, 0] < 0) != (views.strong_matrix[0, 0] < 0))
+        hull = transform_boxes(_mask_box(views.weak)[None], views.teacher_to_student)[0]
+        torch.testing.assert_close(hull, _mask_box(views.strong), atol=1e-6, rtol=0)
+    assert 0 < sizes_differ < 20 and 0 < flips_differ < 20
+    # off (the default), the generator draws exactly what it drew before the option existed
+    off = teacher_student_views(img, weak=weak_cfg, strong=GEOMETRIC_ONLY, g=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    weak_img, weak_m = weak_view(img, weak_cfg, g)
+    strong_img, jitter = strong_view(weak_img, GEOMETRIC_ONLY, g)
+    assert torch.equal(off.strong, strong_img) and torch.equal(off.strong_matrix, jitter @ weak_m)
 
 
 def test_teacher_to_student_is_identity_without_geometry():

@@ -19,6 +19,17 @@ def test_default_strong_view_is_the_full_photometric_augmentation():
     assert strong_view_config(config) == StrongViewConfig(geometric=config.geometric_jitter)
 
 
+def test_the_independent_student_view_reaches_the_strong_view():
+    from ssodlib.experiments.plan import run_key
+
+    config = train_config("smoke", method="pseudo_label")
+    assert not config.independent_student_view and not strong_view_config(config).independent_resize
+    on = dataclasses.replace(config, independent_student_view=True)
+    assert strong_view_config(on).independent_resize
+    # another run (the shipped records keep their keys: tests/experiments/test_plan_ensemble.py)
+    assert run_key(on) != run_key(config)
+
+
 @pytest.mark.parametrize("keep, off", [
     ((), {"jitter_prob": 0.0, "grayscale_prob": 0.0, "blur_prob": 0.0, "cutouts": ()}),
     (("color",), {"blur_prob": 0.0, "cutouts": ()}),

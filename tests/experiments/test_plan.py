@@ -172,12 +172,13 @@ def test_a_field_added_later_keeps_old_keys_at_its_default_and_changes_them_othe
     # strong_augment came after records shipped: at its default the key is the key of the same config
     # hashed without the field (what every shipped record was keyed by); a subset is another run
     base = train_config("smoke", method="pseudo_label")
-    later = {"strong_augment", "ensemble_with"}  # every field added after records shipped
+    later = {"strong_augment", "ensemble_with", "independent_student_view"}  # every field added after records shipped
     payload = {k: v for k, v in config_dict(base).items() if k not in RUNTIME_FIELDS and k not in later}
     legacy = hashlib.sha1(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:10]
     assert run_key(base) == f"pseudo_label-10pct-f1-{legacy}"
     assert run_key(dataclasses.replace(base, strong_augment=("color", "blur"))) != run_key(base)
     assert run_key(dataclasses.replace(base, strong_augment=["color", "blur", "cutout"])) == run_key(base)
+    assert run_key(dataclasses.replace(base, independent_student_view=True)) != run_key(base)
 
 
 def test_unknown_table_scale_column_and_key_name_the_yaml_file(papers):

@@ -283,6 +283,18 @@ def test_smoke_training_runs_and_logs_inc_diagnostics(smoke_benchmark, tmp_path)
         assert r["pl_dtg_rank_teacher_agree_per_image"] <= r["pl_dtg_rank_pairs_per_image"]
 
 
+def test_smoke_training_with_the_students_own_resize(smoke_benchmark, tmp_path):
+    # Soft Teacher's student view: the teacher's and student's views differ in size, so INC's targets and
+    # the anchor correspondence go through a scaling matrix
+    config = train_config("smoke", method="dtg_ssod", data_root=str(smoke_benchmark.root.parent), iterations=3,
+                          burn_in=1, eval_every=100, log_every=1, checkpoint_every=100, threads=1,
+                          train_scales=(48, 96), independent_student_view=True, geometric_jitter=True,
+                          detector_options={"cls_loss": "focal"}, method_options={"rpn_tau": 0.5, "rcnn_tau": 0.3})
+    Trainer(config, out_dir=tmp_path, progress=False).run()
+    after = [r for r in read_metrics(tmp_path) if r["kind"] == "train" and r["iteration"] > config.burn_in]
+    assert after and all(math.isfinite(r["loss"]) for r in after)
+
+
 # -- Figures 3-4: the diagnostics -----------------------------------------------------------------------
 def test_iou_assignment_takes_the_box_of_largest_iou_at_the_threshold():
     # proposal 0 = box A (IoU 1, class 2 -> label 3); proposal 1 (0,0,10,5) has IoU 50/100 = 0.5 with A:
